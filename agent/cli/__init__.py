@@ -1,0 +1,27 @@
+"""The ``ccrl`` command. One module per command group; this file only assembles them.
+
+Heavy libraries (torch, transformers, datasets) are imported inside the commands that need
+them, never at module level, so ``ccrl --help`` and ``ccrl status`` stay fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ccrl.agent.cli import capture, hooks_cmd, traces
+
+app = typer.Typer(
+    name="ccrl",
+    help="Learn a local model that works the way Claude Code works, from your own sessions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+capture.register(app)
+app.add_typer(hooks_cmd.app, name="hooks")
+app.add_typer(traces.app, name="traces")
+
+
+def main() -> None:
+    app()

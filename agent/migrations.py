@@ -1,0 +1,154 @@
+"""The whole schema history, as small named steps applied once each (in the style of ``llm``).
+
+Each migration is a function of a SQLAlchemy ``Connection``, written in dialect-neutral
+SQLAlchemy Core so it runs the same on SQLite and PostgreSQL. Applied names are recorded in
+``_ccrl_migrations``. Never edit a migration that has shipped: add a new one. A test checks
+that the migrated schema matches ``models.py`` exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+)
+from sqlalchemy.engine import Connection, Engine
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+MIGRATIONS_TABLE = "_ccrl_migrations"
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_capture_tables(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "sessions", md,
+        Column("id", String, primary_key=True),
+        Column("project_path", String, index=True),
+        Column("transcript_path", String),
+        Column("model", String),
+        Column("cc_version", String),
+        Column("git_branch", String),
+        Column("source", String),
+        Column("started_at", DateTime),
+        Column("ended_at", DateTime),
+        Column("end_reason", String),
+        Column("created_at", DateTime, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+    )
+    Table(
+        "traces", md,
+        Column("id", Integer, primary_key=True),
+        Column("session_id", String, ForeignKey("sessions.id"), nullable=False, index=True),
+        Column("key", String, nullable=False),
+        Column("parent_id", Integer, ForeignKey("traces.id"), index=True),
+        Column("agent_id", String),
+        Column("agent_type", String),
+        Column("prompt_id", String),
+        Column("user_uuid", String),
+        Column("seq", Integer, nullable=False),
+        Column("prompt", Text, nullable=False),
+        Column("response", Text, nullable=False),
+        Column("reasoning", JSON, nullable=False),
+        Column("steps", JSON, nullable=False),
+        Column("signals", JSON, nullable=False),
+        Column("status", String, nullable=False),
+        Column("source", String, nullable=False),
+        Column("cwd", String),
+        Column("model", String),
+        Column("started_at", DateTime),
+        Column("ended_at", DateTime),
+        Column("created_at", DateTime, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+        UniqueConstraint("session_id", "key", name="uq_traces_session_key"),
+    )
+    Table(
+        "tool_calls", md,
+        Column("id", Integer, primary_key=True),
+        Column("trace_id", Integer, ForeignKey("traces.id"), nullable=False, index=True),
+        Column("tool_use_id", String, unique=True),
+        Column("seq", Integer, nullable=False),
+        Column("name", String, nullable=False),
+        Column("input", JSON, nullable=False),
+        Column("output", Text),
+        Column("is_error", Boolean, nullable=False),
+        Column("is_interrupt", Boolean, nullable=False),
+        Column("duration_ms", Integer),
+        Column("started_at", DateTime),
+    )
+    Table(
+        "hook_events", md,
+        Column("id", Integer, primary_key=True),
+        Column("event_key", String, nullable=False, unique=True),
+        Column("received_at", DateTime, nullable=False),
+        Column("event", String, nullable=False, index=True),
+        Column("session_id", String, index=True),
+        Column("tool_use_id", String),
+        Column("prompt_id", String),
+        Column("agent_id", String),
+        Column("payload", JSON, nullable=False),
+    )
+    Table(
+        "quarantine", md,
+        Column("id", Integer, primary_key=True),
+        Column("received_at", DateTime, nullable=False),
+        Column("source", String, nullable=False),
+        Column("reason", String, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+    )
+    md.create_all(conn)
+
+
+def _migrations_table(md: MetaData) -> Table:
+    return Table(
+        MIGRATIONS_TABLE, md,
+        Column("name", String, primary_key=True),
+        Column("applied_at", Float, nullable=False),
+    )
+
+
+def applied(conn: Connection) -> list[str]:
+    if not inspect(conn).has_table(MIGRATIONS_TABLE):
+        return []
+    table = _migrations_table(MetaData())
+    return [row[0] for row in conn.execute(table.select())]
+
+
+def migrate(engine: Engine, upto: str | None = None) -> list[str]:
+    """Apply every migration not yet applied (up to and including ``upto``), each in its own
+    transaction. Returns the names applied now."""
+    import time
+
+    done_now: list[str] = []
+    table = _migrations_table(MetaData())
+    with engine.begin() as conn:
+        table.create(conn, checkfirst=True)
+    for name, fn in MIGRATIONS:
+        with engine.begin() as conn:
+            if name not in applied(conn):
+                fn(conn)
+                conn.execute(table.insert().values(name=name, applied_at=time.time()))
+                done_now.append(name)
+        if name == upto:
+            break
+    return done_now

@@ -1,0 +1,117 @@
+"""The store's tables, as SQLModel classes: the types are the schema.
+
+Schema history lives in ``migrations.py``; a test checks that applying every migration gives
+exactly the tables and columns declared here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Session(SQLModel, table=True):
+    """One Claude Code session (the ``session_id`` Claude Code gives it)."""
+
+    __tablename__ = "sessions"
+
+    id: str = Field(primary_key=True)
+    project_path: str | None = Field(default=None, index=True, description="cwd of the session")
+    transcript_path: str | None = None
+    model: str | None = None
+    cc_version: str | None = Field(default=None, description="Claude Code version")
+    git_branch: str | None = None
+    source: str | None = Field(default=None, description="hook, transcript or both")
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Trace(SQLModel, table=True):
+    """One turn: a user prompt, then Claude's reasoning and tool calls, then its answer.
+
+    A subagent's run is a trace too; ``parent_id`` links it to the trace that started it.
+    ``steps`` keeps the turn in order (thinking, text, tool_use, tool_result), which is what
+    datasets need; ``reasoning`` and ``response`` are the same content, split for convenience.
+    """
+
+    __tablename__ = "traces"
+    __table_args__ = (UniqueConstraint("session_id", "key", name="uq_traces_session_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="sessions.id", index=True)
+    key: str = Field(description="Stable identity of the turn within its session")
+    parent_id: int | None = Field(default=None, foreign_key="traces.id", index=True)
+    agent_id: str | None = None
+    agent_type: str | None = None
+    prompt_id: str | None = None
+    user_uuid: str | None = None
+    seq: int = Field(default=0, description="Order of the turn within its session")
+    prompt: str = ""
+    response: str = ""
+    reasoning: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    signals: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="open", description="open, complete or interrupted")
+    source: str = Field(default="hook", description="hook, transcript or both")
+    cwd: str | None = None
+    model: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ToolCall(SQLModel, table=True):
+    """One tool call of a trace, in the assistant's call order (``seq``)."""
+
+    __tablename__ = "tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    trace_id: int = Field(foreign_key="traces.id", index=True)
+    tool_use_id: str | None = Field(default=None, unique=True)
+    seq: int = 0
+    name: str = ""
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    output: str | None = Field(default=None, description="Redacted, possibly truncated result")
+    is_error: bool = False
+    is_interrupt: bool = False
+    duration_ms: int | None = None
+    started_at: datetime | None = None
+
+
+class HookEvent(SQLModel, table=True):
+    """A raw hook event, parsed and redacted, as it came from the inbox or the spool."""
+
+    __tablename__ = "hook_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_key: str = Field(unique=True, description="Hash of arrival time and payload: re-delivery is a no-op")
+    received_at: datetime
+    event: str = Field(default="", index=True)
+    session_id: str | None = Field(default=None, index=True)
+    tool_use_id: str | None = None
+    prompt_id: str | None = None
+    agent_id: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Quarantine(SQLModel, table=True):
+    """Input that could not be used, kept with the reason instead of being dropped."""
+
+    __tablename__ = "quarantine"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+    source: str = Field(description="inbox, spool or transcript path")
+    reason: str
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

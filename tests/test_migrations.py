@@ -1,0 +1,49 @@
+"""The schema history: migrations build exactly what models.py declares, once, keeping data."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, inspect, text
+from sqlmodel import SQLModel
+
+import ccrl.agent.models  # noqa: F401  (registers the tables)
+from ccrl.agent.migrations import MIGRATIONS, applied, migrate
+
+
+def _schema(engine) -> dict[str, set[tuple[str, bool]]]:
+    insp = inspect(engine)
+    return {
+        t: {(c["name"], bool(c["nullable"])) for c in insp.get_columns(t)}
+        for t in insp.get_table_names()
+        if not t.startswith("_ccrl")
+    }
+
+
+def test_migrations_build_the_declared_schema(tmp_path):
+    migrated = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(migrated)
+    declared = create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    SQLModel.metadata.create_all(declared)
+    assert _schema(migrated) == _schema(declared)
+
+
+def test_migrations_apply_once(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    assert migrate(engine) == [name for name, _ in MIGRATIONS]
+    assert migrate(engine) == []
+    with engine.connect() as conn:
+        assert applied(conn) == [name for name, _ in MIGRATIONS]
+
+
+def test_upgrade_keeps_existing_rows(tmp_path):
+    """A database at the first migration, with data, upgrades to head without losing it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    first = MIGRATIONS[0][0]
+    migrate(engine, upto=first)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO sessions (id, created_at, updated_at) VALUES ('s1', '2026-01-01', '2026-01-01')"
+        ))
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM sessions")).scalar_one() == "s1"
+        assert applied(conn) == [name for name, _ in MIGRATIONS]

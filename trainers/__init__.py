@@ -1,0 +1,1 @@
+"""ccrl.trainers: SFT, RL, reward, export and evaluation. Heavy imports load lazily."""
