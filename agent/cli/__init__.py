@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ccrl.agent.cli import capture, hooks_cmd, traces
+from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
 
 app = typer.Typer(
     name="ccrl",
@@ -18,7 +18,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-capture.register(app)
+# Each module adds its own commands: top-level ones through register(app), groups as sub-apps.
+capture.register(app)  # ingest, import
+admin.register(app)  # status, purge
+dataset.register(app)  # build-dataset
+train.register(app)  # train
 app.add_typer(hooks_cmd.app, name="hooks")
 app.add_typer(traces.app, name="traces")
 

@@ -1,4 +1,4 @@
-"""Top-level capture commands: ingest, import, status, purge."""
+"""Top-level capture commands: ingest, import."""
 
 from __future__ import annotations
 
