@@ -119,6 +119,61 @@ def m001_capture_tables(conn: Connection) -> None:
     md.create_all(conn)
 
 
+@migration
+def m002_pipeline_tables(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "dataset_versions", md,
+        Column("id", Integer, primary_key=True),
+        Column("number", Integer, nullable=False, unique=True),
+        Column("path", String, nullable=False),
+        Column("content_hash", String, nullable=False),
+        Column("trace_count", Integer, nullable=False),
+        Column("train_count", Integer, nullable=False),
+        Column("eval_count", Integer, nullable=False),
+        Column("stats", JSON, nullable=False),
+        Column("config", JSON, nullable=False),
+        Column("created_at", DateTime, nullable=False),
+    )
+    Table(
+        "training_runs", md,
+        Column("id", Integer, primary_key=True),
+        Column("phase", String, nullable=False),
+        Column("status", String, nullable=False),
+        Column("dataset_version_id", Integer, ForeignKey("dataset_versions.id")),
+        Column("parent_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("base_model", String, nullable=False),
+        Column("output_dir", String, nullable=False),
+        Column("cycle", Integer),
+        Column("config", JSON, nullable=False),
+        Column("metrics", JSON, nullable=False),
+        Column("error", String),
+        Column("created_at", DateTime, nullable=False),
+        Column("started_at", DateTime),
+        Column("finished_at", DateTime),
+    )
+    Table(
+        "model_versions", md,
+        Column("id", Integer, primary_key=True),
+        Column("number", Integer, nullable=False, unique=True),
+        Column("status", String, nullable=False),
+        Column("sft_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("rl_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("dataset_version_id", Integer, ForeignKey("dataset_versions.id")),
+        Column("base_model", String, nullable=False),
+        Column("gguf_path", String),
+        Column("gguf_sha256", String),
+        Column("quant", String),
+        Column("size_bytes", Integer),
+        Column("ollama_tag", String),
+        Column("metrics", JSON, nullable=False),
+        Column("gate", JSON, nullable=False),
+        Column("created_at", DateTime, nullable=False),
+        Column("deployed_at", DateTime),
+    )
+    md.create_all(conn)
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

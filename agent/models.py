@@ -115,3 +115,64 @@ class Quarantine(SQLModel, table=True):
     source: str = Field(description="inbox, spool or transcript path")
     reason: str
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class DatasetVersion(SQLModel, table=True):
+    """A numbered dataset built from traces (``ccrl build-dataset``)."""
+
+    __tablename__ = "dataset_versions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(unique=True)
+    path: str
+    content_hash: str = Field(default="", description="Hash of the rows: identical rebuild, identical hash")
+    trace_count: int = 0
+    train_count: int = 0
+    eval_count: int = 0
+    stats: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainingRun(SQLModel, table=True):
+    """One SFT or RL run: its inputs, where it wrote, what it measured, how it ended."""
+
+    __tablename__ = "training_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    phase: str = Field(description="sft or rl")
+    status: str = Field(default="pending", description="pending, running, completed, failed")
+    dataset_version_id: int | None = Field(default=None, foreign_key="dataset_versions.id")
+    parent_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    base_model: str = ""
+    output_dir: str = ""
+    cycle: int | None = None
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ModelVersion(SQLModel, table=True):
+    """A numbered exported model (GGUF) and its life: candidate, deployed, rejected, retired."""
+
+    __tablename__ = "model_versions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(unique=True)
+    status: str = Field(default="candidate")
+    sft_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    rl_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    dataset_version_id: int | None = Field(default=None, foreign_key="dataset_versions.id")
+    base_model: str = ""
+    gguf_path: str | None = None
+    gguf_sha256: str | None = None
+    quant: str | None = None
+    size_bytes: int | None = None
+    ollama_tag: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    gate: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    deployed_at: datetime | None = None
