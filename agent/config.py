@@ -2,6 +2,10 @@
 
 The config file is ``$XDG_CONFIG_HOME/ccrl/config.toml`` (``~/.config/ccrl/config.toml``), or
 the path in ``CCRL_CONFIG``. Key names follow the original design where it named them.
+
+Sections of the file are nested models here (``[agent]`` → ``Settings.agent``); their
+environment overrides join section and key with a double underscore:
+``CCRL_AGENT__MIN_TRACES_FOR_SFT=10``, ``CCRL_REWARD__CONSTRAINT=0.3``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,10 +33,49 @@ def config_file() -> Path:
     return Path(xdg) / "ccrl" / "config.toml"
 
 
+class AgentSettings(BaseModel):
+    """``[agent]``: when the always-on agent trains, and what it does with the result."""
+
+    min_traces_for_sft: int = Field(default=50, ge=1, description="Usable traces (after the dataset filters) before the first cycle.")
+    traces_per_training_cycle: int = Field(default=50, ge=1, description="New usable traces that start each later cycle.")
+    sft_frequency: int = Field(default=1, ge=0, description="SFT every Nth cycle (0 = never).")
+    ppo_frequency: int = Field(default=2, ge=0, description="RL phase (GRPO) every Nth cycle (0 = never).")
+    auto_export_gguf: bool = Field(default=True, description="Export each trained model to GGUF as part of the cycle.")
+    auto_deploy_ollama: bool = Field(default=False, description="Deploy a model that passes the evaluation gate; off = it stays a candidate for `ccrl deploy`.")
+    keep_model_versions: int = Field(default=3, ge=1, description="Model versions whose files are kept.")
+    ingest_interval_seconds: float = Field(default=5.0, gt=0, description="How often the agent ingests captured events.")
+    cycle_check_interval_seconds: float = Field(default=180.0, gt=0, description="How often the agent checks the thresholds and advances the cycle.")
+    max_step_attempts: int = Field(default=3, ge=1, description="Tries per cycle step before the cycle fails and waits for new data.")
+    retry_backoff_seconds: float = Field(default=300.0, ge=0, description="Wait before the first retry of a failed step; doubles per try.")
+    retry_backoff_max_seconds: float = Field(default=3600.0, ge=0, description="Longest wait between retries.")
+    child_stop_timeout_seconds: float = Field(default=60.0, gt=0, description="After SIGTERM, how long a step may take to checkpoint before it is killed.")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+
+class TrainSettings(BaseModel):
+    """``[train]``: the original design's training knobs (the trainers read them)."""
+
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
+    learning_rate: float = Field(default=2e-4, gt=0, description="SFT learning rate.")
+    num_epochs: int = Field(default=3, ge=1, description="SFT epochs.")
+    batch_size: int = Field(default=2, ge=1, description="Per-device batch size.")
+    num_episodes: int = Field(default=100, ge=1, description="RL phase: prompts per run.")
+
+
+class RewardSettings(BaseModel):
+    """``[reward]``: weights of the behavioural reward's five components."""
+
+    constraint: float = Field(default=0.25, ge=0, description="Constraint adherence.")
+    reasoning: float = Field(default=0.20, ge=0, description="Reasoning depth.")
+    tool_efficiency: float = Field(default=0.20, ge=0, description="Tool efficiency.")
+    self_correction: float = Field(default=0.15, ge=0, description="Self-correction.")
+    exploration: float = Field(default=0.20, ge=0, description="Exploration fit.")
+
+
 class Settings(BaseSettings):
     """Every setting ccrl reads, with its default. ``ccrl config show`` prints the effective values."""
 
-    model_config = SettingsConfigDict(env_prefix="CCRL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CCRL_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(
         default_factory=lambda: Path(paths.data_home()),
@@ -50,6 +93,9 @@ class Settings(BaseSettings):
         default=20_000,
         description="Tool outputs longer than this are truncated (with a marker) when stored.",
     )
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The always-on agent.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training knobs.")
+    reward: RewardSettings = Field(default_factory=RewardSettings, description="Reward weights.")
 
     @classmethod
     def settings_customise_sources(
