@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
+from ccrl.agent.cli import config_cmd
 
 app = typer.Typer(
     name="ccrl",
@@ -25,6 +26,7 @@ dataset.register(app)  # build-dataset
 train.register(app)  # train
 app.add_typer(hooks_cmd.app, name="hooks")
 app.add_typer(traces.app, name="traces")
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
