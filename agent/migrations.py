@@ -174,6 +174,39 @@ def m002_pipeline_tables(conn: Connection) -> None:
     md.create_all(conn)
 
 
+@migration
+def m003_cycles(conn: Connection) -> None:
+    """The agent's persisted cycle state machine."""
+    md = MetaData()
+    # The tables its foreign keys point at, as they are in the database.
+    md.reflect(conn, only=["dataset_versions", "training_runs", "model_versions"])
+    Table(
+        "cycles", md,
+        Column("id", Integer, primary_key=True),
+        Column("number", Integer, nullable=False, unique=True),
+        Column("status", String, nullable=False, index=True),
+        Column("outcome", String),
+        Column("step", String),
+        Column("trigger", String, nullable=False),
+        Column("steps", JSON, nullable=False),
+        Column("usable_traces", Integer, nullable=False),
+        Column("new_traces", Integer, nullable=False),
+        Column("trace_watermark", Integer),
+        Column("dataset_version_id", Integer, ForeignKey("dataset_versions.id")),
+        Column("sft_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("rl_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("model_version_id", Integer, ForeignKey("model_versions.id")),
+        Column("config", JSON, nullable=False),
+        Column("error", String),
+        Column("next_attempt_at", DateTime),
+        Column("child_pid", Integer),
+        Column("created_at", DateTime, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+        Column("finished_at", DateTime),
+    )
+    md.tables["cycles"].create(conn)
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

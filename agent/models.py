@@ -176,3 +176,38 @@ class ModelVersion(SQLModel, table=True):
     gate: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     deployed_at: datetime | None = None
+
+
+class Cycle(SQLModel, table=True):
+    """One turn of the agent's loop, persisted so that it resumes where it stopped.
+
+    ``steps`` holds each step's state in order (dataset, sft, rl, export, evaluate, deploy):
+    ``{"status": pending|running|done|skipped|failed|unavailable, "attempts": n, "reason": …,
+    "error": …, "result": {…}, "started_at": …, "finished_at": …}``. The plan (which steps run,
+    which are skipped and why) is fixed when the cycle starts. ``trace_watermark`` is the highest
+    trace id the cycle's dataset covered: the next cycle counts new traces above it.
+    """
+
+    __tablename__ = "cycles"
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(unique=True)
+    status: str = Field(default="running", index=True, description="running, waiting, blocked, completed or failed")
+    outcome: str | None = Field(default=None, description="deployed, candidate, rejected, trained or failed")
+    step: str | None = Field(default=None, description="The step running or next to run")
+    trigger: str = Field(default="threshold", description="threshold or manual")
+    steps: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    usable_traces: int = 0
+    new_traces: int = 0
+    trace_watermark: int | None = None
+    dataset_version_id: int | None = Field(default=None, foreign_key="dataset_versions.id")
+    sft_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    rl_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    model_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    child_pid: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
