@@ -14,7 +14,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    # Aware: sqlmodel's datetime columns refuse naive values and read back aware UTC.
+    return datetime.now(timezone.utc)
 
 
 class Session(SQLModel, table=True):
