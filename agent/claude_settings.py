@@ -13,9 +13,10 @@ the parsed JSON, touches only entries whose command is ccrl's hook, and writes a
 valid JSON, or whose ``hooks`` has a shape we do not understand, is refused untouched: guessing
 there could drop a user's hooks.
 
-ccrl's own entries are recognised by their command (it runs ``ccrl.hooks.capture`` or the
-``ccrl-hook`` script), not by equality with today's command, so a re-install after the virtual
-environment moved, or with another ``CCRL_HOME``, replaces the old entry instead of adding one.
+ccrl's own entries are recognised by what their command runs (ccrl's ``hooks/capture.py``,
+the ``ccrl.hooks.capture`` module or the ``ccrl-hook`` script; see ``is_ccrl_command``), not by
+equality with today's command, so a re-install after the virtual environment moved, or with
+another ``CCRL_HOME``, replaces the old entry instead of adding one.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ HOOK_TIMEOUT_S = 10
 
 BACKUP_SUFFIX = ".ccrl-backup-"
 _TEMP_SUFFIX = ".ccrl-tmp"
-# ``-m ccrl.hooks.capture``, ``-c "from ccrl.hooks.capture import main"``, a path ending in
-# ``ccrl/hooks/capture.py``, or the ``ccrl-hook`` console script.
+# Forms of ccrl's hook besides the script path (see is_ccrl_command).
 _CCRL_MODULE = re.compile(r"(?<![\w.])ccrl\.hooks\.capture(?![\w])")
 _CCRL_FILE = re.compile(r"(^|/)ccrl/hooks/capture\.py$")
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -112,14 +112,59 @@ def _split(command: str) -> list[str]:
         return command.split()
 
 
+def _leading_program(tokens: list[str]) -> list[str]:
+    """The tokens from the program on: drops ``VAR=value`` prefixes, ``env`` and ``exec``."""
+    for i, token in enumerate(tokens):
+        if not (_ENV_ASSIGNMENT.match(token) or token in ("env", "exec")):
+            return tokens[i:]
+    return []
+
+
+def hook_script(command: str) -> str | None:
+    """The script of a ``<python> [-flags…] <dir>/hooks/capture.py`` command, else None.
+
+    That is how ``hook_command`` writes ccrl's hook: the file by absolute path, so the hook
+    starts without ``site`` and works without the venv on PATH.
+    """
+    args = _leading_program(_split(command))
+    if len(args) < 2 or not os.path.basename(args[0]).startswith("python"):
+        return None
+    *flags, script = args[1:]
+    if not all(flag.startswith("-") for flag in flags):
+        return None
+    if os.path.basename(script) != "capture.py" or os.path.basename(os.path.dirname(script)) != "hooks":
+        return None
+    return script
+
+
+def _is_ccrl_script(script: str) -> bool:
+    """Whether a ``…/hooks/capture.py`` is ccrl's. A file that exists must name ccrl (its
+    docstring introduces ``ccrl-hook``; a user's own ``~/.claude/hooks/capture.py`` does not);
+    one that is gone is taken for ccrl's old copy (a moved venv or checkout), which a
+    re-install must replace."""
+    try:
+        with open(script, "rb") as handle:
+            return b"ccrl" in handle.read(1 << 16).lower()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def is_ccrl_command(command: str) -> bool:
-    """True when a hook command runs ccrl's capture hook, whatever interpreter or CCRL_HOME."""
+    """True when a hook command runs ccrl's capture hook, whatever interpreter or CCRL_HOME.
+
+    Recognised forms: ``<python> [-flags] <dir>/hooks/capture.py`` (see ``hook_script``),
+    ``-m ccrl.hooks.capture`` or ``-c "…ccrl.hooks.capture…"``, a path ending in
+    ``ccrl/hooks/capture.py``, and the ``ccrl-hook`` console script.
+    """
     for token in _split(command):
         if _CCRL_MODULE.search(token) or _CCRL_FILE.search(token):
             return True
         if os.path.basename(token) == "ccrl-hook":
             return True
-    return False
+    script = hook_script(command)
+    return script is not None and _is_ccrl_script(script)
 
 
 def is_ccrl_hook(hook: Any) -> bool:
@@ -134,11 +179,8 @@ def is_ccrl_hook(hook: Any) -> bool:
 
 def command_program(command: str) -> str | None:
     """The program a hook command starts (after ``VAR=value`` prefixes, ``env`` and ``exec``)."""
-    for token in _split(command):
-        if _ENV_ASSIGNMENT.match(token) or token in ("env", "exec"):
-            continue
-        return token
-    return None
+    args = _leading_program(_split(command))
+    return args[0] if args else None
 
 
 def program_exists(program: str | None) -> bool:
@@ -480,6 +522,7 @@ class ScopeStatus:
     missing_events: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     interpreters: list[Interpreter] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
     runnable: bool = False
     up_to_date: bool = False
     hooks_disabled: bool = False
@@ -491,7 +534,8 @@ class ScopeStatus:
 
 def scope_status(scope: str, path: Path, expected_command: str | None = None) -> ScopeStatus:
     """Inspect ``path`` without changing it. ``installed`` means every event has ccrl's hook;
-    ``runnable`` that every interpreter those commands start exists; ``up_to_date`` that every
+    ``runnable`` that every interpreter (and hook script) those commands name exists;
+    ``missing_files`` lists the ones that do not; ``up_to_date`` that every
     entry equals ``expected_command`` (today's command for this CCRL_HOME and interpreter)."""
     status = ScopeStatus(scope=scope, path=str(path), exists=path.exists())
     try:
@@ -507,7 +551,10 @@ def scope_status(scope: str, path: Path, expected_command: str | None = None) ->
     status.commands = sorted({cmd for cmds in found.values() for cmd in cmds})
     programs = sorted({command_program(cmd) or "" for cmd in status.commands})
     status.interpreters = [Interpreter(path=p or None, exists=program_exists(p)) for p in programs]
-    status.runnable = bool(status.interpreters) and all(i.exists for i in status.interpreters)
+    scripts = sorted({script for cmd in status.commands if (script := hook_script(cmd))})
+    status.missing_files = [i.path or "" for i in status.interpreters if not i.exists]
+    status.missing_files += [script for script in scripts if not os.path.isfile(script)]
+    status.runnable = bool(status.commands) and not status.missing_files
     status.up_to_date = (
         status.installed
         and expected_command is not None

@@ -12,7 +12,6 @@ import os
 import sqlite3
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -221,8 +220,16 @@ def test_uninstall_drops_containers_it_emptied_only(tmp_path):
         {"matcher": "Bash", "hooks": [{"type": "command", "command": "guard"}]}]}}
 
 
-def test_recognises_ccrl_commands_in_their_forms():
+def test_recognises_ccrl_commands_in_their_forms(tmp_path):
+    from ccrl.hooks import capture
+
+    users_own = tmp_path / ".claude" / "hooks" / "capture.py"  # a user's hook with the same name
+    users_own.parent.mkdir(parents=True)
+    users_own.write_text("import json, sys\nprint(json.load(sys.stdin))\n")
     yes = [
+        capture.hook_command(str(tmp_path / "data")),  # today's command, exactly as installed
+        f"/usr/bin/python3 -S -E {capture.__file__}",
+        "CCRL_HOME=/x /gone/venv/bin/python3 -S -E /gone/checkout/hooks/capture.py",  # moved away
         "/home/u/.venv/bin/python -m ccrl.hooks.capture",
         "CCRL_HOME='/data/my ccrl' /usr/bin/python3 -I -m ccrl.hooks.capture",
         "/home/u/.venv/bin/ccrl-hook",
@@ -233,7 +240,9 @@ def test_recognises_ccrl_commands_in_their_forms():
     no = [
         "/usr/local/bin/audit-log --json",
         "python -m myccrl.hooks.capture_extra",
-        "python /srv/other/hooks/capture.py",
+        f"python3 {users_own}",
+        f"/usr/bin/python3 -S -E {users_own}",
+        "python3 /gone/hooks/capture.py --verbose",  # arguments after the script: not ccrl's shape
         "echo ccrl-hooks",
     ]
     assert all(claude_settings.is_ccrl_command(c) for c in yes)
@@ -300,3 +309,132 @@ def test_keeps_the_files_indentation(tmp_path):
     path.write_text(json.dumps({"env": {"A": "1"}}, indent="\t") + "\n")
     claude_settings.install(path, OLD_COMMAND)
     assert path.read_text().startswith('{\n\t"env": {\n\t\t"A": "1"\n\t},\n\t"hooks"')
+
+
+# ----------------------------------------------------------------------------------------------
+# The real CLI, with the real hook command, into an isolated HOME
+
+
+def test_cli_install_status_uninstall_in_the_user_scope(home, ccrl_home):
+    from ccrl.hooks.capture import hook_command
+
+    path = home / ".claude" / "settings.json"
+    write(path, REALISTIC)
+    command = hook_command(str(ccrl_home))
+
+    result = run_cli("hooks", "install", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["changed"] and report["command"] == command and report["path"] == str(path)
+    assert canonical(json.loads(path.read_text())) == canonical(expected_after_install(REALISTIC, command))
+    # The data dir and the inbox are ready before the first event arrives.
+    assert (ccrl_home / "inbox.db").exists()
+    assert stat.S_IMODE(ccrl_home.stat().st_mode) == 0o700
+
+    again = run_cli("hooks", "install")
+    assert again.exit_code == 0 and "already installed" in again.stdout
+    assert len(backups(path)) == 1
+
+    status = json.loads(run_cli("hooks", "status", "--json", "--project-dir", str(home / "proj")).stdout)
+    assert status["expected_command"] == command
+    user, project, local = status["scopes"]
+    assert (user["scope"], project["scope"], local["scope"]) == ("user", "project", "local")
+    assert user["installed"] and user["runnable"] and user["up_to_date"] and user["events"] == EVENTS
+    assert user["missing_files"] == [] and user["commands"] == [command]
+    assert not project["installed"] and project["events"] == [] and not project["exists"]
+
+    result = run_cli("hooks", "uninstall")
+    assert result.exit_code == 0 and "Removed" in result.stdout
+    assert canonical(json.loads(path.read_text())) == canonical(REALISTIC)
+
+
+def test_cli_project_and_local_scopes(home, tmp_path):
+    project = tmp_path / "repo"
+    project.mkdir()
+    for scope, name in (("project", "settings.json"), ("local", "settings.local.json")):
+        result = run_cli("hooks", "install", "--scope", scope, "--project-dir", str(project))
+        assert result.exit_code == 0, result.output
+        data = json.loads((project / ".claude" / name).read_text())
+        assert list(data["hooks"]) == EVENTS
+    assert not (home / ".claude").exists()
+    status = json.loads(run_cli("hooks", "status", "--json", "--project-dir", str(project)).stdout)
+    assert [s["installed"] for s in status["scopes"]] == [False, True, True]
+
+
+def test_cli_refuses_invalid_json_without_touching_the_file(home):
+    path = home / ".claude" / "settings.json"
+    path.parent.mkdir()
+    content = b'{\n  "permissions": {"allow": ["Bash(ls)"]},\n  // my note\n}\n'
+    path.write_bytes(content)
+
+    result = run_cli("hooks", "install")
+
+    assert result.exit_code == 1
+    assert "not valid JSON" in result.stderr and str(path) in result.stderr.replace("\n", "")
+    assert "Traceback" not in result.output
+    assert path.read_bytes() == content
+    assert os.listdir(path.parent) == ["settings.json"]
+    # Status reports the problem instead of failing.
+    status = json.loads(run_cli("hooks", "status", "--json").stdout)
+    assert "not valid JSON" in status["scopes"][0]["error"]
+
+
+def test_status_flags_a_hook_whose_interpreter_is_gone(home):
+    path = home / ".claude" / "settings.json"
+    gone = "/nonexistent/venv/bin/python"
+    write(path, expected_after_install({}, f"{gone} -S -E /nonexistent/ccrl/hooks/capture.py"))
+    user = json.loads(run_cli("hooks", "status", "--json").stdout)["scopes"][0]
+    assert user["installed"] and not user["runnable"] and not user["up_to_date"]
+    assert user["missing_files"] == [gone, "/nonexistent/ccrl/hooks/capture.py"]
+    assert user["interpreters"] == [{"path": gone, "exists": False}]
+    # Re-installing points every event at today's interpreter: one entry each, no leftovers.
+    assert run_cli("hooks", "install").exit_code == 0
+    user = json.loads(run_cli("hooks", "status", "--json").stdout)["scopes"][0]
+    assert user["runnable"] and user["up_to_date"] and len(user["commands"]) == 1
+
+
+def test_the_installed_command_runs_and_the_event_lands_in_the_inbox(home, ccrl_home, tmp_path):
+    """Run the command exactly as Claude Code does (sh -c), from another directory, with no venv
+    on PATH and no CCRL_HOME in the environment: the command itself must carry both."""
+    assert run_cli("hooks", "install").exit_code == 0
+    settings = json.loads((home / ".claude" / "settings.json").read_text())
+    payloads = json.loads((HOOK_PAYLOADS / "seeknal_2026-02" / "pre_tool_use.json").read_text())
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+
+    for event in ("PreToolUse", "Stop"):
+        command = settings["hooks"][event][-1]["hooks"][0]["command"]
+        payload = dict(payloads[0], hook_event_name=event)
+        proc = subprocess.run(["sh", "-c", command], input=json.dumps(payload).encode(), cwd=elsewhere,
+                              env=env, capture_output=True, timeout=30)
+        assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
+
+    conn = sqlite3.connect(ccrl_home / "inbox.db")
+    rows = [json.loads(r[0]) for r in conn.execute("SELECT payload FROM inbox ORDER BY id")]
+    conn.close()
+    assert [r["hook_event_name"] for r in rows] == ["PreToolUse", "Stop"]
+    assert all(r["session_id"] == payloads[0]["session_id"] for r in rows)
+    # Stored in the inbox, not spooled (glob of a missing directory is empty too).
+    assert list((ccrl_home / "spool").glob("*.event")) == []
+
+
+def test_settings_example_shows_the_installed_block(home, ccrl_home):
+    """settings.example.json has exactly what install writes, but for the command itself."""
+    example = json.loads((REPO / "settings.example.json").read_text())
+    placeholder = example["hooks"]["Stop"][0]["hooks"][0]["command"]
+    assert canonical(example) == canonical(expected_after_install({}, placeholder))
+    assert claude_settings.is_ccrl_command(placeholder)  # a hand-edited copy is replaced on install
+
+    assert run_cli("hooks", "install").exit_code == 0
+    installed = json.loads((home / ".claude" / "settings.json").read_text())
+    command = installed["hooks"]["Stop"][0]["hooks"][0]["command"]
+    assert canonical(installed) == canonical(expected_after_install({}, command))
+    assert canonical(installed).replace(json.dumps(command), json.dumps(placeholder)) == canonical(example)
+
+
+def test_hooks_command_prints_the_exact_command(ccrl_home):
+    from ccrl.hooks.capture import hook_command
+
+    result = run_cli("hooks", "command")
+    assert result.exit_code == 0 and result.stdout.strip() == hook_command(str(ccrl_home))

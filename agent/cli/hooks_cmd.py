@@ -1,7 +1,205 @@
-"""``ccrl hooks install|uninstall|status``."""
+"""``ccrl hooks install|uninstall|status``: ccrl's capture hook in Claude Code settings files."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ccrl.agent import claude_settings
+from ccrl.agent.claude_settings import HOOK_EVENTS, SCOPES, SettingsFileError, settings_path
+from ccrl.agent.config import Settings, get_settings
 
 app = typer.Typer(help="Install ccrl's capture hook into Claude Code settings.", no_args_is_help=True)
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+class Scope(str, Enum):
+    """Which Claude Code settings file: user = ~/.claude/settings.json, project =
+    <dir>/.claude/settings.json (shared, usually committed), local = <dir>/.claude/settings.local.json."""
+
+    user = "user"
+    project = "project"
+    local = "local"
+
+
+SCOPE_OPTION = typer.Option(
+    Scope.user,
+    "--scope",
+    help="user: ~/.claude/settings.json (every session on this machine); project: "
+    "DIR/.claude/settings.json (shared with the repository); local: DIR/.claude/settings.local.json.",
+)
+PROJECT_DIR_OPTION = typer.Option(
+    None, "--project-dir", help="Project directory for the project and local scopes (default: current directory)."
+)
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    _err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def hook_command_for(settings: Settings) -> str:
+    """The command Claude Code runs for each event: absolute interpreter, CCRL_HOME if non-default."""
+    from ccrl.hooks.capture import hook_command
+
+    return hook_command(str(settings.home))
+
+
+def prepare_local_stores(settings: Settings) -> Path:
+    """Create the data dir and the inbox, so the very first event has somewhere to go."""
+    from ccrl.agent.db import ensure_private_dir
+    from ccrl.hooks.inbox import ensure_inbox
+
+    ensure_private_dir(settings.home)
+    ensure_inbox(str(settings.inbox_path))
+    return settings.inbox_path
+
+
+@app.command()
+def install(
+    scope: Scope = SCOPE_OPTION,
+    project_dir: Path | None = PROJECT_DIR_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Register ccrl's hook for every Claude Code event (idempotent; keeps all other settings)."""
+    settings = get_settings()
+    path = settings_path(scope.value, project_dir)
+    try:
+        inbox = prepare_local_stores(settings)
+    except OSError as exc:
+        _fail(f"cannot prepare the data directory {settings.home}: {exc}. Check its permissions and free space.")
+    command = hook_command_for(settings)
+    try:
+        change = claude_settings.install(path, command)
+    except SettingsFileError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc}. Nothing was changed.")
+    if as_json:
+        _print_json(
+            {
+                "scope": scope.value,
+                "path": str(change.path),
+                "changed": change.changed,
+                "created": change.created,
+                "backup": str(change.backup) if change.backup else None,
+                "command": command,
+                "events": list(HOOK_EVENTS),
+                "inbox": str(inbox),
+            }
+        )
+        return
+    if not change.changed:
+        _out.print(f"ccrl's hook is already installed in {escape(str(change.path))} (nothing changed).")
+    else:
+        verb = "Created" if change.created else "Updated"
+        _out.print(f"{verb} {escape(str(change.path))}: ccrl's hook runs on {len(HOOK_EVENTS)} events.")
+        if change.backup:
+            _out.print(f"Previous file kept as {escape(str(change.backup))}.")
+    _out.print(f"Hook command: {escape(command)}")
+    if scope is Scope.project:
+        _out.print(
+            "[yellow]note:[/yellow] the project scope is usually committed; the command holds an "
+            "absolute path of this machine. --scope local keeps it private."
+        )
+
+
+@app.command()
+def uninstall(
+    scope: Scope = SCOPE_OPTION,
+    project_dir: Path | None = PROJECT_DIR_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove ccrl's hook entries (only those) from a Claude Code settings file."""
+    path = settings_path(scope.value, project_dir)
+    try:
+        change = claude_settings.uninstall(path)
+    except SettingsFileError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc}. Nothing was changed.")
+    if as_json:
+        _print_json(
+            {
+                "scope": scope.value,
+                "path": str(change.path),
+                "changed": change.changed,
+                "backup": str(change.backup) if change.backup else None,
+            }
+        )
+        return
+    if change.changed:
+        _out.print(f"Removed ccrl's hook from {escape(str(change.path))}.")
+        if change.backup:
+            _out.print(f"Previous file kept as {escape(str(change.backup))}.")
+    else:
+        _out.print(f"ccrl's hook was not in {escape(str(change.path))} (nothing changed).")
+
+
+def _installed_label(status: dict[str, Any]) -> str:
+    if status["error"]:
+        return "[red]unreadable[/red]"
+    if status["installed"]:
+        return "[green]yes[/green]"
+    if status["events"]:
+        return f"[yellow]partial ({len(status['events'])}/{len(HOOK_EVENTS)})[/yellow]"
+    return "no"
+
+
+def _runnable_label(status: dict[str, Any]) -> str:
+    if not status["events"]:
+        return "-"
+    if status["runnable"]:
+        return "[green]yes[/green]"
+    return f"[red]missing: {escape(', '.join(status['missing_files']) or '?')}[/red]"
+
+
+@app.command()
+def status(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Whether ccrl's hook is installed per scope, and whether its interpreter still exists."""
+    settings = get_settings()
+    expected = hook_command_for(settings)
+    scopes = [
+        claude_settings.scope_status(scope, settings_path(scope, project_dir), expected).to_dict()
+        for scope in SCOPES
+    ]
+    if as_json:
+        _print_json({"expected_command": expected, "scopes": scopes})
+        return
+    table = Table(title="ccrl hooks")
+    for column in ("scope", "settings file", "installed", "can run", "current command"):
+        table.add_column(column)
+    for item in scopes:
+        current = "-" if not item["events"] else ("yes" if item["up_to_date"] else "[yellow]no: reinstall[/yellow]")
+        table.add_row(item["scope"], escape(item["path"]), _installed_label(item), _runnable_label(item), current)
+    _out.print(table)
+    for item in scopes:
+        if item["error"]:
+            _err.print(f"[red]{item['scope']}:[/red] {escape(item['error'])}")
+        if item["hooks_disabled"]:
+            _err.print(f"[yellow]{item['scope']}:[/yellow] disableAllHooks is true in {escape(item['path'])}: no hook runs.")
+
+
+@app.command("command")
+def show_command(as_json: bool = JSON_OPTION) -> None:
+    """Print the exact hook command for this data directory (for editing settings by hand;
+    settings.example.json shows where it goes)."""
+    command = hook_command_for(get_settings())
+    if as_json:
+        _print_json({"command": command})
+    else:
+        typer.echo(command)
