@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ccrl.agent.dataset_config import DatasetSettings
 from ccrl.hooks import paths
 
 
@@ -96,6 +97,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The always-on agent.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training knobs.")
     reward: RewardSettings = Field(default_factory=RewardSettings, description="Reward weights.")
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings, description="Dataset builder filters and split.")
 
     @classmethod
     def settings_customise_sources(
