@@ -1,0 +1,447 @@
+"""``ccrl purge``: delete captured data for good.
+
+What counts as captured data: sessions, traces (subagent traces with their parents), tool
+calls, raw hook events, quarantined input, and events not ingested yet (inbox rows, spool
+files). Purging works in two steps so the CLI can show what will go before anything does:
+``plan_purge`` finds it (reading payloads of not-yet-ingested events for their ``session_id``
+and ``cwd``), ``execute_purge`` deletes exactly that, then VACUUMs the SQLite files and
+truncates their write-ahead logs, so the deleted text no longer sits in free pages on disk.
+
+Modes:
+- ``session``: one session and everything that belongs to it.
+- ``project``: every session whose cwd is the path or below it (the session's own path, a
+  trace's cwd, or the cwd of any of its events), and everything of those sessions.
+- ``before``: everything captured before a moment: traces that started before it (with their
+  subagent traces), sessions left without traces that started before it, hook events,
+  quarantined input and pending events that arrived before it.
+- ``all``: everything.
+
+Datasets built from the store afterwards no longer contain purged data; datasets already
+written to disk are files the user owns and are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ccrl.agent.config import Settings
+from ccrl.agent.status import spool_files, spool_time
+
+MODES = ("session", "project", "before", "all")
+_CHUNK = 500  # ids per IN (…) clause, well under SQLite's bound-parameter limit
+
+
+class PurgeError(Exception):
+    """A purge request that cannot be carried out as asked (bad date, bad path…)."""
+
+
+@dataclass(frozen=True)
+class PurgeTarget:
+    """What to purge: exactly one mode with its argument."""
+
+    mode: str
+    session_id: str | None = None
+    project: str | None = None
+    before: datetime | None = None  # aware, UTC
+
+    def describe(self) -> str:
+        if self.mode == "session":
+            return f"session {self.session_id}"
+        if self.mode == "project":
+            return f"project {self.project} (and everything below it)"
+        if self.mode == "before":
+            return f"everything captured before {self.before.isoformat()}" if self.before else ""
+        return "ALL captured data"
+
+
+@dataclass
+class PurgePlan:
+    """Exactly what a purge will delete."""
+
+    target: PurgeTarget
+    session_ids: set[str] = field(default_factory=set)
+    trace_ids: set[int] = field(default_factory=set)
+    tool_calls: int = 0
+    hook_event_ids: set[int] = field(default_factory=set)
+    quarantine_ids: set[int] = field(default_factory=set)
+    inbox_ids: set[int] = field(default_factory=set)
+    spool_files: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sessions": len(self.session_ids),
+            "traces": len(self.trace_ids),
+            "tool_calls": self.tool_calls,
+            "hook_events": len(self.hook_event_ids),
+            "quarantined": len(self.quarantine_ids),
+            "inbox_events": len(self.inbox_ids),
+            "spool_files": len(self.spool_files),
+        }
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.counts().values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_before(text: str) -> datetime:
+    """``--before`` as an aware UTC datetime. Accepts an ISO date (``2026-01-31``: local midnight) or date
+    and time (``2026-01-31T12:00``, local time unless it carries an offset or ``Z``)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise PurgeError(
+            f"--before {text!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]."
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the user's local time
+    return moment.astimezone(timezone.utc)
+
+
+def normalize_project(path: str) -> list[str]:
+    """The forms a project path may have been recorded under: as given (absolute) and with
+    symlinks resolved."""
+    given = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    resolved = os.path.realpath(given)
+    return sorted({given, resolved})
+
+
+def is_under(path: Any, roots: list[str]) -> bool:
+    """True when ``path`` is one of ``roots`` or below one of them (component-wise: /a/bc is
+    not below /a/b)."""
+    if not isinstance(path, str) or not path:
+        return False
+    path = os.path.normpath(path)
+    for root in roots:
+        if path == root or path.startswith(root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _payload_object(payload: bytes | str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(payload, dict):
+        return payload
+    if payload is None:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _payload_session(obj: dict[str, Any] | None) -> str | None:
+    """A payload's session id: hook events say ``session_id``, transcript lines ``sessionId``."""
+    if obj is None:
+        return None
+    value = obj.get("session_id", obj.get("sessionId"))
+    return value if isinstance(value, str) else None
+
+
+def _chunks(ids: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in ids:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Pending events (inbox, spool): read without the store
+
+
+@dataclass
+class _Pending:
+    """One not-yet-ingested event, reduced to what membership needs."""
+
+    ref: Any  # inbox row id or spool file path
+    received_at: datetime  # aware, UTC
+    session_id: str | None
+    cwd: str | None
+
+
+def _open_inbox(path: Path) -> sqlite3.Connection:
+    """An autocommit connection to the existing inbox (``mode=rw`` never creates the file)."""
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=30, isolation_level=None)
+
+
+def _inbox_rows(settings: Settings) -> list[_Pending]:
+    inbox = settings.inbox_path
+    if not inbox.exists():
+        return []
+    conn = _open_inbox(inbox)
+    try:
+        rows = conn.execute("SELECT id, received_at, payload FROM inbox").fetchall()
+    finally:
+        conn.close()
+    found = []
+    for row_id, received_at, payload in rows:
+        obj = _payload_object(payload)
+        when = datetime.fromtimestamp(float(received_at), tz=timezone.utc)
+        cwd = obj.get("cwd") if obj else None
+        found.append(_Pending(row_id, when, _payload_session(obj), cwd if isinstance(cwd, str) else None))
+    return found
+
+
+def _spooled(settings: Settings) -> list[_Pending]:
+    found = []
+    for path in spool_files(settings):
+        try:
+            payload = path.read_bytes()
+            when = spool_time(path)
+        except OSError:
+            continue  # taken by a concurrent ingest
+        obj = _payload_object(payload)
+        cwd = obj.get("cwd") if obj else None
+        found.append(_Pending(path, when, _payload_session(obj), cwd if isinstance(cwd, str) else None))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
+def _descendants(db: Any, trace_ids: set[int]) -> set[int]:
+    """``trace_ids`` plus every trace whose parent chain leads into it (subagent traces)."""
+    from sqlmodel import select
+
+    from ccrl.agent.models import Trace
+
+    result = set(trace_ids)
+    frontier = set(trace_ids)
+    while frontier:
+        children: set[int] = set()
+        for chunk in _chunks(frontier):
+            children.update(db.exec(select(Trace.id).where(Trace.parent_id.in_(chunk))).all())
+        frontier = children - result
+        result |= frontier
+    return result
+
+
+def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
+    """Find everything ``target`` covers, changing nothing."""
+    from sqlalchemy import func
+    from sqlmodel import Session as DBSession
+    from sqlmodel import select
+
+    from ccrl.agent.db import get_engine
+    from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
+
+    if target.mode not in MODES:
+        raise PurgeError(f"unknown purge mode {target.mode!r}")
+    plan = PurgePlan(target=target)
+    pending = _inbox_rows(settings) + _spooled(settings)
+    roots = normalize_project(target.project) if target.mode == "project" and target.project else []
+
+    with DBSession(get_engine(settings)) as db:
+        if target.mode == "all":
+            plan.session_ids = set(db.exec(select(Session.id)).all())
+            plan.trace_ids = set(db.exec(select(Trace.id)).all())
+            plan.hook_event_ids = set(db.exec(select(HookEvent.id)).all())
+            plan.quarantine_ids = set(db.exec(select(Quarantine.id)).all())
+            selected = pending
+
+        elif target.mode == "before":
+            cutoff = target.before
+            started = func.coalesce(Trace.started_at, Trace.created_at)
+            plan.trace_ids = _descendants(db, set(db.exec(select(Trace.id).where(started < cutoff)).all()))
+            # A session goes when it started before the cutoff and none of its traces stay.
+            kept_sessions = {
+                sid for tid, sid in db.exec(select(Trace.id, Trace.session_id)).all() if tid not in plan.trace_ids
+            }
+            began = func.coalesce(Session.started_at, Session.created_at)
+            plan.session_ids = set(db.exec(select(Session.id).where(began < cutoff)).all()) - kept_sessions
+            plan.hook_event_ids = set(db.exec(select(HookEvent.id).where(HookEvent.received_at < cutoff)).all())
+            plan.quarantine_ids = set(db.exec(select(Quarantine.id).where(Quarantine.received_at < cutoff)).all())
+            selected = [p for p in pending if p.received_at < cutoff]
+
+        else:
+            if target.mode == "session":
+                sessions = {target.session_id} if target.session_id else set()
+            else:
+                sessions = {
+                    sid
+                    for sid, path in db.exec(select(Session.id, Session.project_path)).all()
+                    if is_under(path, roots)
+                }
+                sessions |= {
+                    sid for sid, cwd in db.exec(select(Trace.session_id, Trace.cwd)).all() if is_under(cwd, roots)
+                }
+                for sid, payload in db.exec(select(HookEvent.session_id, HookEvent.payload)).yield_per(1000):
+                    obj = _payload_object(payload)
+                    if sid and obj and is_under(obj.get("cwd"), roots):
+                        sessions.add(sid)
+                sessions |= {p.session_id for p in pending if p.session_id and is_under(p.cwd, roots)}
+
+            plan.session_ids = set()
+            for chunk in _chunks(sessions):
+                plan.session_ids.update(db.exec(select(Session.id).where(Session.id.in_(chunk))).all())
+            traces: set[int] = set()
+            events: set[int] = set()
+            for chunk in _chunks(sessions):
+                traces.update(db.exec(select(Trace.id).where(Trace.session_id.in_(chunk))).all())
+                events.update(db.exec(select(HookEvent.id).where(HookEvent.session_id.in_(chunk))).all())
+            plan.trace_ids = _descendants(db, traces)
+            plan.hook_event_ids = events
+
+            def belongs(session_id: str | None, cwd: Any) -> bool:
+                return (session_id is not None and session_id in sessions) or is_under(cwd, roots)
+
+            for row_id, payload in db.exec(select(Quarantine.id, Quarantine.payload)).yield_per(1000):
+                obj = _payload_object(payload)
+                if obj is not None and belongs(_payload_session(obj), obj.get("cwd")):
+                    plan.quarantine_ids.add(row_id)
+            selected = [p for p in pending if belongs(p.session_id, p.cwd)]
+
+        for chunk in _chunks(plan.trace_ids):
+            plan.tool_calls += db.exec(
+                select(func.count()).select_from(ToolCall).where(ToolCall.trace_id.in_(chunk))
+            ).one()
+
+    plan.inbox_ids = {p.ref for p in selected if not isinstance(p.ref, Path)}
+    plan.spool_files = sorted(p.ref for p in selected if isinstance(p.ref, Path))
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Deleting
+
+
+@dataclass
+class PurgeResult:
+    """What a purge removed, and whether the SQLite files were compacted afterwards."""
+
+    removed: dict[str, int]
+    vacuumed: list[str]
+    notes: list[str]
+
+
+def _delete_store_rows(settings: Settings, plan: PurgePlan) -> None:
+    from sqlalchemy import delete, update
+
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
+
+    with session_scope(settings) as db:
+        for chunk in _chunks(plan.trace_ids):
+            db.exec(delete(ToolCall).where(ToolCall.trace_id.in_(chunk)))
+        # Unlink parents first: chunks may split a parent from its subagent traces, and the
+        # foreign key would refuse to delete a parent that a surviving row still points to.
+        for chunk in _chunks(plan.trace_ids):
+            db.exec(update(Trace).where(Trace.id.in_(chunk)).values(parent_id=None))
+        for chunk in _chunks(plan.trace_ids):
+            db.exec(delete(Trace).where(Trace.id.in_(chunk)))
+        for chunk in _chunks(plan.session_ids):
+            db.exec(delete(Session).where(Session.id.in_(chunk)))
+        for chunk in _chunks(plan.hook_event_ids):
+            db.exec(delete(HookEvent).where(HookEvent.id.in_(chunk)))
+        for chunk in _chunks(plan.quarantine_ids):
+            db.exec(delete(Quarantine).where(Quarantine.id.in_(chunk)))
+
+
+def _delete_inbox_rows(settings: Settings, ids: set[int]) -> None:
+    if not ids:
+        return
+    conn = _open_inbox(settings.inbox_path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for chunk in _chunks(sorted(ids)):
+            conn.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _compact(execute: Any, path: Path) -> str | None:
+    """VACUUM (rewrites the file, leaving out the free pages that still hold deleted text) and
+    truncate the write-ahead log. Returns a note when the log could not be truncated."""
+    execute("VACUUM")
+    busy = execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if busy and busy[0]:
+        return (
+            f"{path}: another process was reading it, so its write-ahead log keeps old pages "
+            "until the next checkpoint"
+        )
+    return None
+
+
+def vacuum_store(settings: Settings) -> tuple[bool, str | None]:
+    """Compact the store when it is a SQLite file (other databases reclaim space their own way)."""
+    from ccrl.agent.db import get_engine
+
+    engine = get_engine(settings)
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return False, None
+    # VACUUM cannot run inside a transaction.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+
+        def run(sql: str) -> Any:
+            result = conn.exec_driver_sql(sql)
+            return result.fetchone() if result.returns_rows else None
+
+        note = _compact(run, Path(engine.url.database))
+    return True, note
+
+
+def vacuum_inbox(settings: Settings) -> tuple[bool, str | None]:
+    """Compact the inbox file the same way."""
+    inbox = settings.inbox_path
+    if not inbox.exists():
+        return False, None
+    conn = _open_inbox(inbox)
+    try:
+        return True, _compact(lambda sql: conn.execute(sql).fetchone(), inbox)
+    finally:
+        conn.close()
+
+
+def execute_purge(settings: Settings, target: PurgeTarget, rounds: int = 3) -> PurgeResult:
+    """Delete everything ``target`` covers, then compact the SQLite files.
+
+    The plan is made again here, right before deleting, rather than reused from the preview the
+    user confirmed, and made once more after deleting: a concurrent ``ccrl ingest`` may have
+    turned matching inbox rows or spool files into store rows in between, and those belong to
+    the purge as much as the events they came from. Rounds repeat until nothing is left.
+    """
+    removed = {key: 0 for key in PurgePlan(target=target).counts()}
+    notes: list[str] = []
+    for _ in range(rounds):
+        plan = plan_purge(settings, target)
+        if plan.empty:
+            break
+        _delete_store_rows(settings, plan)
+        _delete_inbox_rows(settings, plan.inbox_ids)
+        spooled = 0
+        for path in plan.spool_files:
+            try:
+                path.unlink()
+                spooled += 1
+            except FileNotFoundError:
+                pass  # ingested meanwhile: the next round finds the rows it became
+        for key, value in plan.counts().items():
+            removed[key] += spooled if key == "spool_files" else value
+    else:
+        if not plan_purge(settings, target).empty:
+            notes.append("new matching data kept arriving while purging; run the purge again")
+    vacuumed = []
+    for name, compact in (("store", vacuum_store), ("inbox", vacuum_inbox)):
+        done, note = compact(settings)
+        if done:
+            vacuumed.append(name)
+        if note:
+            notes.append(note)
+    return PurgeResult(removed=removed, vacuumed=vacuumed, notes=notes)
