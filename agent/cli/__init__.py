@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
-from ccrl.agent.cli import config_cmd
+from ccrl.agent.cli import agent_cmd, config_cmd
 
 app = typer.Typer(
     name="ccrl",
@@ -27,6 +27,7 @@ train.register(app)  # train
 app.add_typer(hooks_cmd.app, name="hooks")
 app.add_typer(traces.app, name="traces")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(agent_cmd.app, name="agent")
 
 
 def main() -> None:

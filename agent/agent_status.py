@@ -1,0 +1,78 @@
+"""What the agent is doing, for ``ccrl agent status`` and the agent part of ``ccrl status``.
+
+Cheap to gather (a few queries, two lock probes, two small files); never imports torch. The
+keys of ``agent_status`` are a stable interface: keys may be added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlmodel import select
+
+from ccrl.agent.child import progress_path
+from ccrl.agent.config import Settings
+from ccrl.agent.cycle import cycle_json, describe, open_cycle, threshold
+from ccrl.agent.db import session_scope
+from ccrl.agent.lock import agent_lock, pipeline_lock
+from ccrl.agent.models import Cycle, ModelVersion, TrainingRun
+from ccrl.agent.scheduler import read_state
+
+
+def _run_summary(run: TrainingRun) -> dict[str, Any]:
+    duration = None
+    if run.started_at and run.finished_at:
+        duration = round((run.finished_at - run.started_at).total_seconds(), 3)
+    return {"id": run.id, "phase": run.phase, "status": run.status, "cycle": run.cycle,
+            "dataset_version_id": run.dataset_version_id, "metrics": run.metrics, "duration_s": duration,
+            "error": run.error}
+
+
+def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
+    """The agent's state: running or not, thresholds, the current cycle and step, recent cycles
+    and runs, the deployed version and the last error."""
+    holder = agent_lock(settings.home).holder()
+    busy = pipeline_lock(settings.home).holder()
+    state = read_state(settings)
+    with session_scope(settings) as session:
+        current = open_cycle(session)
+        th = threshold(session, settings.agent)
+        cycles = session.exec(select(Cycle).order_by(Cycle.number.desc()).limit(recent)).all()  # type: ignore[attr-defined]
+        runs = session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(recent)).all()  # type: ignore[union-attr]
+        deployed = session.exec(
+            select(ModelVersion).where(ModelVersion.status == "deployed").order_by(ModelVersion.number.desc())  # type: ignore[attr-defined]
+        ).first()
+        progress = None
+        if current is not None and current.step and current.status == "running" and busy:
+            try:
+                progress = json.loads(progress_path(settings.home, current.id or 0, current.step).read_text())
+            except (OSError, ValueError):
+                progress = None
+        last_error = None
+        if current is not None and current.error:
+            last_error = f"cycle {current.number}: {current.error}"
+        elif cycles and cycles[0].status == "failed":
+            last_error = f"cycle {cycles[0].number}: {cycles[0].error}"
+        elif state.get("last_error"):
+            last_error = state["last_error"]
+        return {
+            "running": holder is not None,
+            "pid": (holder or {}).get("pid"),
+            "since": (holder or {}).get("since"),
+            "pipeline_busy": busy,
+            "status_line": describe(current, progress) if current else
+            f"idle: {th.new}/{th.required} {th.basis.split(' (')[0]} for the next cycle",
+            "threshold": th.as_dict(),
+            "current_cycle": cycle_json(current) if current else None,
+            "progress": progress,
+            "recent_cycles": [cycle_json(c) for c in cycles],
+            "recent_runs": [_run_summary(r) for r in runs],
+            "deployed_version": None if deployed is None else {
+                "number": deployed.number, "ollama_tag": deployed.ollama_tag,
+                "deployed_at": deployed.deployed_at.isoformat() if deployed.deployed_at else None,
+            },
+            "last_error": last_error,
+            "last_ingest_at": state.get("last_ingest_at"),
+            "last_cycle_check_at": state.get("last_cycle_check_at"),
+        }
