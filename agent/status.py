@@ -32,6 +32,17 @@ def mask_url(url: str) -> str:
         return url
 
 
+def scrub_password(text: str, url: str) -> str:
+    """``text`` (an error message) with the URL's password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
 def _utc_iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -103,7 +114,6 @@ def pending_counts(settings: Settings) -> dict[str, Any]:
 def store_counts(settings: Settings) -> dict[str, Any]:
     """Row counts of the store (one round trip of COUNT subqueries) and the newest hook event."""
     from sqlalchemy import func, select
-    from sqlalchemy.exc import SQLAlchemyError
 
     from ccrl.agent.db import get_engine
     from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
@@ -125,8 +135,9 @@ def store_counts(settings: Settings) -> dict[str, Any]:
     try:
         with get_engine(settings).connect() as conn:
             row = conn.execute(query).one()
-    except (SQLAlchemyError, OSError) as exc:
-        return {**{key: None for key in keys}, "last_event_at": None, "error": f"cannot read the store: {exc}"}
+    except Exception as exc:  # noqa: BLE001  status reports any store failure (driver missing, unreachable, locked…)
+        message = scrub_password(f"cannot read the store {mask_url(settings.db_url)}: {exc}", settings.db_url)
+        return {**{key: None for key in keys}, "last_event_at": None, "error": message}
     result: dict[str, Any] = {key: int(getattr(row, key)) for key in keys}
     last = row.last_event_at
     if isinstance(last, str):  # some drivers hand back text for MAX() of a datetime

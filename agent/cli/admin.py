@@ -56,16 +56,19 @@ def status(
     info = gather_status(get_settings(), project_dir)
     if as_json:
         _print_json(info)
+        if info["store"]["error"]:
+            raise typer.Exit(1)
         return
     store, pending = info["store"], info["pending"]
     table = Table(title="ccrl status", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     table.add_row("data dir", escape(info["data_dir"]))
     table.add_row("database", escape(info["database_url"]))
     table.add_row("sessions", _count(store["sessions"]))
     table.add_row("traces", f"{_count(store['traces'])} ({_count(store['subagent_traces'])} subagent)")
-    table.add_row("tool calls", f"{_count(store['tool_calls'])} ({_count(store['tool_errors'])} errors)")
+    errors = store["tool_errors"]
+    table.add_row("tool calls", f"{_count(store['tool_calls'])} ({_count(errors)} error{'' if errors == 1 else 's'})")
     table.add_row("hook events", _count(store["hook_events"]))
     table.add_row("pending events", f"{pending['total']:,} (inbox {pending['inbox']:,}, spool {pending['spool']:,})")
     table.add_row("quarantined", _count(store["quarantined"]))
@@ -154,7 +157,8 @@ def purge(
         if as_json:
             _print_json({"target": target.mode, "dry_run": dry_run, "counts": preview, "vacuumed": [], "notes": []})
         elif plan.empty:
-            _out.print(f"Nothing captured matches {escape(target.describe())}; nothing removed.")
+            what = "Nothing is captured" if target.mode == "all" else f"Nothing captured matches {target.describe()}"
+            _out.print(f"{escape(what)}; nothing removed.")
         else:
             _out.print(_counts_table(f"Would remove ({target.describe()})", preview))
         return

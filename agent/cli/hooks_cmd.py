@@ -182,7 +182,7 @@ def status(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_O
         return
     table = Table(title="ccrl hooks")
     for column in ("scope", "settings file", "installed", "can run", "current command"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for item in scopes:
         current = "-" if not item["events"] else ("yes" if item["up_to_date"] else "[yellow]no: reinstall[/yellow]")
         table.add_row(item["scope"], escape(item["path"]), _installed_label(item), _runnable_label(item), current)
