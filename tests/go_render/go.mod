@@ -1,0 +1,3 @@
+module ccrl.test/go_render
+
+go 1.19
