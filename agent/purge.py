@@ -16,8 +16,12 @@ Modes:
   quarantined input and pending events that arrived before it.
 - ``all``: everything.
 
-Datasets built from the store afterwards no longer contain purged data; datasets already
-written to disk are files the user owns and are left alone.
+Purging holds the ingest lock, and afterwards tells ingest's bookkeeping
+(``ingest-state.json``) to stop watching purged sessions' transcripts. Datasets built from the
+store afterwards no longer contain purged data; datasets already written to disk are files the
+user owns and are left alone. Claude Code's own transcripts (``~/.claude/projects``) are not
+ccrl's to delete: ``ccrl import`` of those files, or a purged session that goes on running,
+brings their turns back.
 """
 
 from __future__ import annotations
@@ -147,6 +151,15 @@ def _payload_session(obj: dict[str, Any] | None) -> str | None:
         return None
     value = obj.get("session_id", obj.get("sessionId"))
     return value if isinstance(value, str) else None
+
+
+def _names_session(source: str | None, sessions: set[str]) -> bool:
+    """True when a quarantine ``source`` is one of the sessions' transcripts: Claude Code names
+    them ``…/<session-id>.jsonl`` and ``…/<session-id>/subagents/agent-….jsonl``. (A corrupt
+    transcript line cannot be parsed for its ``sessionId``; its file still says whose it is.)"""
+    if not source or not sessions:
+        return False
+    return any(part in sessions or part.removesuffix(".jsonl") in sessions for part in Path(source).parts)
 
 
 def _chunks(ids: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
@@ -301,9 +314,12 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
             def belongs(session_id: str | None, cwd: Any) -> bool:
                 return (session_id is not None and session_id in sessions) or is_under(cwd, roots)
 
-            for row_id, payload in db.exec(select(Quarantine.id, Quarantine.payload)).yield_per(1000):
+            quarantined = select(Quarantine.id, Quarantine.source, Quarantine.payload)
+            for row_id, source, payload in db.exec(quarantined).yield_per(1000):
                 obj = _payload_object(payload)
-                if obj is not None and belongs(_payload_session(obj), obj.get("cwd")):
+                if (obj is not None and belongs(_payload_session(obj), obj.get("cwd"))) or _names_session(
+                    source, sessions
+                ):
                     plan.quarantine_ids.add(row_id)
             selected = [p for p in pending if belongs(p.session_id, p.cwd)]
 
@@ -409,16 +425,82 @@ def vacuum_inbox(settings: Settings) -> tuple[bool, str | None]:
         conn.close()
 
 
-def execute_purge(settings: Settings, target: PurgeTarget, rounds: int = 3) -> PurgeResult:
+def _ingest_lock(settings: Settings) -> Any:
+    from ccrl.agent.ingest import LOCK_FILE
+    from ccrl.agent.lock import FileLock
+
+    return FileLock(settings.home / LOCK_FILE, name="ingest")
+
+
+def _update_ingest_state(settings: Settings, purged_sessions: set[str]) -> None:
+    """Make ingest's bookkeeping agree with the purged store (caller holds the ingest lock).
+
+    - Purged sessions are no longer watched for transcript changes nor retried as failed, so
+      ingest does not rebuild them on its own.
+    - ``last_event_id`` drops to the highest hook event id left: SQLite hands the ids of
+      deleted top rows to the next inserts, and ingest would take those new events for ones
+      it has already seen.
+    """
+    from sqlalchemy import func
+    from sqlmodel import Session as DBSession
+    from sqlmodel import select
+
+    from ccrl.agent.db import ensure_private_file, get_engine
+    from ccrl.agent.ingest import STATE_FILE
+    from ccrl.agent.models import HookEvent
+
+    path = settings.home / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no state: ingest rebuilds what it finds, from the purged store
+    if not isinstance(state, dict):
+        return
+    with DBSession(get_engine(settings)) as db:
+        max_id = db.exec(select(func.max(HookEvent.id))).one() or 0
+    try:
+        state["last_event_id"] = min(int(state.get("last_event_id") or 0), int(max_id))
+    except (TypeError, ValueError):
+        state["last_event_id"] = int(max_id)
+    watched = state.get("transcripts")
+    if isinstance(watched, dict):
+        state["transcripts"] = {k: v for k, v in watched.items() if k not in purged_sessions}
+    failed = state.get("failed")
+    if isinstance(failed, list):
+        state["failed"] = [s for s in failed if s not in purged_sessions]
+    tmp = path.with_name(path.name + ".purge-tmp")
+    ensure_private_file(tmp)
+    tmp.write_text(json.dumps(state, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def execute_purge(
+    settings: Settings, target: PurgeTarget, rounds: int = 3, lock_timeout: float = 600.0
+) -> PurgeResult:
     """Delete everything ``target`` covers, then compact the SQLite files.
 
-    The plan is made again here, right before deleting, rather than reused from the preview the
-    user confirmed, and made once more after deleting: a concurrent ``ccrl ingest`` may have
-    turned matching inbox rows or spool files into store rows in between, and those belong to
-    the purge as much as the events they came from. Rounds repeat until nothing is left.
+    Holds the ingest lock throughout, so no ``ccrl ingest``/``import`` turns matching events
+    into rows while they are being deleted. The plan is made again here rather than reused from
+    the preview the user confirmed, and once more after deleting: the hook may have appended
+    matching events (a session still running) meanwhile. Rounds repeat until nothing is left.
     """
+    from ccrl.agent.lock import LockBusy
+
+    lock = _ingest_lock(settings)
+    try:
+        lock.acquire("purge", wait=True, timeout=lock_timeout)
+    except LockBusy as busy:
+        raise PurgeError(f"ingest is running ({busy}); nothing was removed. Try again when it is done.") from busy
+    try:
+        return _purge_locked(settings, target, rounds)
+    finally:
+        lock.release()
+
+
+def _purge_locked(settings: Settings, target: PurgeTarget, rounds: int) -> PurgeResult:
     removed = {key: 0 for key in PurgePlan(target=target).counts()}
     notes: list[str] = []
+    purged_sessions: set[str] = set()
     for _ in range(rounds):
         plan = plan_purge(settings, target)
         if plan.empty:
@@ -431,12 +513,14 @@ def execute_purge(settings: Settings, target: PurgeTarget, rounds: int = 3) -> P
                 path.unlink()
                 spooled += 1
             except FileNotFoundError:
-                pass  # ingested meanwhile: the next round finds the rows it became
+                pass  # drained by an ingest that does not take the lock; its rows go next round
         for key, value in plan.counts().items():
             removed[key] += spooled if key == "spool_files" else value
+        purged_sessions |= plan.session_ids
     else:
         if not plan_purge(settings, target).empty:
             notes.append("new matching data kept arriving while purging; run the purge again")
+    _update_ingest_state(settings, purged_sessions)
     vacuumed = []
     for name, compact in (("store", vacuum_store), ("inbox", vacuum_inbox)):
         done, note = compact(settings)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
@@ -43,7 +44,8 @@ def store(ccrl_home, tmp_path, monkeypatch) -> dict:
     """Three ingested sessions and pending events:
 
     - S1 in /work/proj-a (January): trace t1 (2 tool calls) with subagent trace t2 (1 call),
-      2 hook events, a quarantined event of S1, an inbox row of S1.
+      2 hook events, a quarantined event of S1 and a corrupt line of its transcript (February),
+      an inbox row of S1.
     - S2 in /work/proj-a/sub (February): t3 (1 call), 1 hook event, a spool file.
     - S3 in /work/proj-ab (March; a sibling, not below proj-a): t4, 1 hook event, a spool file
       in the runtime spool dir.
@@ -82,6 +84,9 @@ def store(ccrl_home, tmp_path, monkeypatch) -> dict:
         db.add(Quarantine(received_at=at(1, 5), source="inbox", reason="unknown event",
                           payload=json.dumps(event(S1, "/work/proj-a", "Weird")).encode()))
         db.add(Quarantine(received_at=at(3, 1), source="spool", reason="not JSON", payload=b"\x00\xffgarbage"))
+        # A corrupt line of S1's transcript: unparseable, but its file name says whose it is.
+        db.add(Quarantine(received_at=at(2, 15), source=f"/home/u/.claude/projects/-work-proj-a/{S1}.jsonl",
+                          reason="corrupt transcript line", payload=b'{"type": "assistant", "mess'))
         ids.update(t1=t1.id, t2=t2.id, t3=t3.id, t4=t4.id)
 
     inbox = ccrl_home / "inbox.db"
@@ -159,7 +164,7 @@ def purge_json(*args: str) -> dict:
 def test_purge_session(store):
     data = purge_json("--session", S1)
     assert data["target"] == "session" and data["dry_run"] is False
-    assert data["counts"] == {"sessions": 1, "traces": 2, "tool_calls": 3, "hook_events": 2, "quarantined": 1,
+    assert data["counts"] == {"sessions": 1, "traces": 2, "tool_calls": 3, "hook_events": 2, "quarantined": 2,
                               "inbox_events": 1, "spool_files": 0}
     assert data["vacuumed"] == ["store", "inbox"]
     rest = left(store["home"])
@@ -174,13 +179,14 @@ def test_purge_session(store):
 
 def test_purge_project_matches_the_path_and_below_but_not_siblings(store):
     data = purge_json("--project", "/work/proj-a/")
-    assert data["counts"] == {"sessions": 2, "traces": 3, "tool_calls": 4, "hook_events": 3, "quarantined": 1,
+    assert data["counts"] == {"sessions": 2, "traces": 3, "tool_calls": 4, "hook_events": 3, "quarantined": 2,
                               "inbox_events": 2, "spool_files": 1}
     rest = left(store["home"])
     assert rest["sessions"] == {S3}
     assert rest["traces"] == {store["t4"]}
     assert rest["tool_calls"] == set()
     assert rest["hook_events"] == {"e4"}
+    assert rest["quarantined"] == {"not JSON"}
     assert inbox_sessions(rest["inbox"]) == {"<unparseable>"}
     assert rest["spool"] == {store["spool_s3"].name, store["spool_tmp"].name}
 
@@ -195,7 +201,7 @@ def test_purge_before_a_date(store):
     assert rest["sessions"] == {S2, S3}
     assert rest["traces"] == {store["t3"], store["t4"]}
     assert rest["hook_events"] == {"e3", "e4"}
-    assert rest["quarantined"] == {"not JSON"}
+    assert rest["quarantined"] == {"not JSON", "corrupt transcript line"}
     assert inbox_sessions(rest["inbox"]) == {S4}
     assert len(rest["spool"]) == 3
 
@@ -211,7 +217,7 @@ def test_purge_before_keeps_a_session_that_still_has_later_traces(store):
 
 def test_purge_all(store):
     data = purge_json("--all")
-    assert data["counts"] == {"sessions": 3, "traces": 4, "tool_calls": 4, "hook_events": 4, "quarantined": 2,
+    assert data["counts"] == {"sessions": 3, "traces": 4, "tool_calls": 4, "hook_events": 4, "quarantined": 3,
                               "inbox_events": 3, "spool_files": 2}
     rest = left(store["home"])
     assert all(not rest[key] for key in ("sessions", "traces", "tool_calls", "hook_events", "quarantined", "inbox"))
@@ -305,4 +311,43 @@ def test_asks_on_a_terminal_and_keeps_everything_on_no(store):
     result = _ccrl_on_a_terminal(["purge", "--all"], b"n\n")
     assert result.returncode == 1
     assert "Nothing removed" in result.stderr
+    assert left(store["home"]) == before
+
+
+def test_ingest_stops_watching_purged_sessions_and_sees_new_events(store):
+    """Ingest's bookkeeping must agree with the purged store: no transcript watch or retry for
+    purged sessions, and a last-seen event id no higher than what is left (SQLite reuses the
+    ids of deleted top rows, and ingest would skip new events that got them)."""
+    from ccrl.agent.ingest import STATE_FILE
+
+    state_path = store["home"] / STATE_FILE
+    watched = {sid: {"path": f"/home/u/.claude/projects/x/{sid}.jsonl", "signature": None, "missing_since": None}
+               for sid in (S1, S2, S3)}
+    state_path.write_text(json.dumps({"last_event_id": 4, "transcripts": watched, "failed": [S1, S3]}))
+
+    purge_json("--session", S1)
+    state = json.loads(state_path.read_text())
+    assert set(state["transcripts"]) == {S2, S3} and state["failed"] == [S3]
+    assert state["last_event_id"] == 4  # S1's events were not the newest: nothing to lower
+
+    purge_json("--all")
+    state = json.loads(state_path.read_text())
+    assert state == {"last_event_id": 0, "transcripts": {}, "failed": []}
+    with session_scope() as db:
+        db.add(HookEvent(event_key="new", received_at=at(4, 1), event="Stop", session_id="s-new", payload={}))
+    with session_scope() as db:
+        new_id = db.exec(select(HookEvent.id).where(HookEvent.event_key == "new")).one()
+    assert new_id > state["last_event_id"]
+
+
+def test_purge_waits_for_ingest_and_says_so_when_it_does_not_finish(store):
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.ingest import LOCK_FILE
+    from ccrl.agent.lock import FileLock
+    from ccrl.agent.purge import PurgeError, PurgeTarget, execute_purge
+
+    before = left(store["home"])
+    with FileLock(store["home"] / LOCK_FILE, name="ingest").hold("ingest"):
+        with pytest.raises(PurgeError, match="ingest is running"):
+            execute_purge(get_settings(), PurgeTarget(mode="all"), lock_timeout=0.3)
     assert left(store["home"]) == before

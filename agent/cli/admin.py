@@ -144,7 +144,7 @@ def purge(
     the database files so the deleted text is gone from disk."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ccrl.agent.purge import execute_purge, plan_purge
+    from ccrl.agent.purge import PurgeError, execute_purge, plan_purge
 
     target = _target(session, project, before, everything)
     settings = get_settings()
@@ -172,6 +172,8 @@ def purge(
             raise typer.Exit(1)
     try:
         result = execute_purge(settings, target)
+    except PurgeError as exc:
+        _fail(str(exc))
     except (SQLAlchemyError, OSError) as exc:
         _fail(f"purge failed: {exc}. Run it again once the problem is fixed: it removes what is left.")
     if as_json:
