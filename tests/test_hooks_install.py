@@ -438,3 +438,23 @@ def test_hooks_command_prints_the_exact_command(ccrl_home):
 
     result = run_cli("hooks", "command")
     assert result.exit_code == 0 and result.stdout.strip() == hook_command(str(ccrl_home))
+
+
+def test_with_the_default_data_dir_the_command_needs_no_ccrl_home(home, monkeypatch):
+    """No CCRL_HOME anywhere: the command carries none, and the hook finds the XDG default
+    under the HOME Claude Code runs with."""
+    from ccrl.agent.config import reset_settings_cache
+
+    monkeypatch.delenv("CCRL_HOME")
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    reset_settings_cache()
+    assert run_cli("hooks", "install").exit_code == 0
+    command = json.loads((home / ".claude" / "settings.json").read_text())["hooks"]["PostToolUse"][0]["hooks"][0]["command"]
+    assert "CCRL_HOME" not in command
+    payload = {"session_id": "s-default", "cwd": str(home), "hook_event_name": "PostToolUse", "tool_name": "Read"}
+    proc = subprocess.run(["sh", "-c", command], input=json.dumps(payload).encode(),
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == b""
+    conn = sqlite3.connect(home / ".local" / "share" / "ccrl" / "inbox.db")
+    assert [json.loads(r[0])["session_id"] for r in conn.execute("SELECT payload FROM inbox")] == ["s-default"]
+    conn.close()
