@@ -245,6 +245,79 @@ def _descendants(db: Any, trace_ids: set[int]) -> set[int]:
     return result
 
 
+def _plan_all(db: Any, plan: PurgePlan, pending: list[_Pending]) -> list[_Pending]:
+    from sqlmodel import select
+
+    from ccrl.agent.models import HookEvent, Quarantine, Session, Trace
+
+    plan.session_ids = set(db.exec(select(Session.id)).all())
+    plan.trace_ids = set(db.exec(select(Trace.id)).all())
+    plan.hook_event_ids = set(db.exec(select(HookEvent.id)).all())
+    plan.quarantine_ids = set(db.exec(select(Quarantine.id)).all())
+    return pending
+
+
+def _plan_before(db: Any, plan: PurgePlan, pending: list[_Pending], cutoff: datetime) -> list[_Pending]:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from ccrl.agent.models import HookEvent, Quarantine, Session, Trace
+
+    started = func.coalesce(Trace.started_at, Trace.created_at)
+    plan.trace_ids = _descendants(db, set(db.exec(select(Trace.id).where(started < cutoff)).all()))
+    # A session goes when it started before the cutoff and none of its traces stay.
+    kept_sessions = {sid for tid, sid in db.exec(select(Trace.id, Trace.session_id)).all() if tid not in plan.trace_ids}
+    began = func.coalesce(Session.started_at, Session.created_at)
+    plan.session_ids = set(db.exec(select(Session.id).where(began < cutoff)).all()) - kept_sessions
+    plan.hook_event_ids = set(db.exec(select(HookEvent.id).where(HookEvent.received_at < cutoff)).all())
+    plan.quarantine_ids = set(db.exec(select(Quarantine.id).where(Quarantine.received_at < cutoff)).all())
+    return [p for p in pending if p.received_at < cutoff]
+
+
+def _sessions_under(db: Any, roots: list[str], pending: list[_Pending]) -> set[str]:
+    """Sessions whose cwd is a root or below: the session's path, a trace's cwd, or the cwd of
+    any of its events (stored, in the inbox or spooled)."""
+    from sqlmodel import select
+
+    from ccrl.agent.models import HookEvent, Session, Trace
+
+    sessions = {sid for sid, path in db.exec(select(Session.id, Session.project_path)).all() if is_under(path, roots)}
+    sessions |= {sid for sid, cwd in db.exec(select(Trace.session_id, Trace.cwd)).all() if is_under(cwd, roots)}
+    for sid, payload in db.exec(select(HookEvent.session_id, HookEvent.payload)).yield_per(1000):
+        obj = _payload_object(payload)
+        if sid and obj and is_under(obj.get("cwd"), roots):
+            sessions.add(sid)
+    sessions |= {p.session_id for p in pending if p.session_id and is_under(p.cwd, roots)}
+    return sessions
+
+
+def _plan_sessions(db: Any, plan: PurgePlan, pending: list[_Pending], sessions: set[str],
+                   roots: list[str]) -> list[_Pending]:
+    """Everything of ``sessions``; pending events and quarantined items also by their cwd."""
+    from sqlmodel import select
+
+    from ccrl.agent.models import HookEvent, Quarantine, Session, Trace
+
+    traces: set[int] = set()
+    for chunk in _chunks(sessions):
+        plan.session_ids.update(db.exec(select(Session.id).where(Session.id.in_(chunk))).all())
+        traces.update(db.exec(select(Trace.id).where(Trace.session_id.in_(chunk))).all())
+        plan.hook_event_ids.update(db.exec(select(HookEvent.id).where(HookEvent.session_id.in_(chunk))).all())
+    plan.trace_ids = _descendants(db, traces)
+
+    def belongs(session_id: str | None, cwd: Any) -> bool:
+        return (session_id is not None and session_id in sessions) or is_under(cwd, roots)
+
+    quarantined = select(Quarantine.id, Quarantine.source, Quarantine.payload)
+    for row_id, source, payload in db.exec(quarantined).yield_per(1000):
+        obj = _payload_object(payload)
+        if _names_session(source, sessions) or (
+            obj is not None and belongs(_payload_session(obj), obj.get("cwd"))
+        ):
+            plan.quarantine_ids.add(row_id)
+    return [p for p in pending if belongs(p.session_id, p.cwd)]
+
+
 def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
     """Find everything ``target`` covers, changing nothing."""
     from sqlalchemy import func
@@ -252,82 +325,31 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
     from sqlmodel import select
 
     from ccrl.agent.db import get_engine
-    from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
+    from ccrl.agent.models import ToolCall
 
     if target.mode not in MODES:
         raise PurgeError(f"unknown purge mode {target.mode!r}")
     plan = PurgePlan(target=target)
     pending = _inbox_rows(settings) + _spooled(settings)
-    roots = normalize_project(target.project) if target.mode == "project" and target.project else []
-
     with DBSession(get_engine(settings)) as db:
         if target.mode == "all":
-            plan.session_ids = set(db.exec(select(Session.id)).all())
-            plan.trace_ids = set(db.exec(select(Trace.id)).all())
-            plan.hook_event_ids = set(db.exec(select(HookEvent.id)).all())
-            plan.quarantine_ids = set(db.exec(select(Quarantine.id)).all())
-            selected = pending
-
+            selected = _plan_all(db, plan, pending)
         elif target.mode == "before":
-            cutoff = target.before
-            started = func.coalesce(Trace.started_at, Trace.created_at)
-            plan.trace_ids = _descendants(db, set(db.exec(select(Trace.id).where(started < cutoff)).all()))
-            # A session goes when it started before the cutoff and none of its traces stay.
-            kept_sessions = {
-                sid for tid, sid in db.exec(select(Trace.id, Trace.session_id)).all() if tid not in plan.trace_ids
-            }
-            began = func.coalesce(Session.started_at, Session.created_at)
-            plan.session_ids = set(db.exec(select(Session.id).where(began < cutoff)).all()) - kept_sessions
-            plan.hook_event_ids = set(db.exec(select(HookEvent.id).where(HookEvent.received_at < cutoff)).all())
-            plan.quarantine_ids = set(db.exec(select(Quarantine.id).where(Quarantine.received_at < cutoff)).all())
-            selected = [p for p in pending if p.received_at < cutoff]
-
+            if target.before is None:
+                raise PurgeError("--before needs a date")
+            selected = _plan_before(db, plan, pending, target.before)
+        elif target.mode == "session":
+            sessions = {target.session_id} if target.session_id else set()
+            selected = _plan_sessions(db, plan, pending, sessions, [])
         else:
-            if target.mode == "session":
-                sessions = {target.session_id} if target.session_id else set()
-            else:
-                sessions = {
-                    sid
-                    for sid, path in db.exec(select(Session.id, Session.project_path)).all()
-                    if is_under(path, roots)
-                }
-                sessions |= {
-                    sid for sid, cwd in db.exec(select(Trace.session_id, Trace.cwd)).all() if is_under(cwd, roots)
-                }
-                for sid, payload in db.exec(select(HookEvent.session_id, HookEvent.payload)).yield_per(1000):
-                    obj = _payload_object(payload)
-                    if sid and obj and is_under(obj.get("cwd"), roots):
-                        sessions.add(sid)
-                sessions |= {p.session_id for p in pending if p.session_id and is_under(p.cwd, roots)}
-
-            plan.session_ids = set()
-            for chunk in _chunks(sessions):
-                plan.session_ids.update(db.exec(select(Session.id).where(Session.id.in_(chunk))).all())
-            traces: set[int] = set()
-            events: set[int] = set()
-            for chunk in _chunks(sessions):
-                traces.update(db.exec(select(Trace.id).where(Trace.session_id.in_(chunk))).all())
-                events.update(db.exec(select(HookEvent.id).where(HookEvent.session_id.in_(chunk))).all())
-            plan.trace_ids = _descendants(db, traces)
-            plan.hook_event_ids = events
-
-            def belongs(session_id: str | None, cwd: Any) -> bool:
-                return (session_id is not None and session_id in sessions) or is_under(cwd, roots)
-
-            quarantined = select(Quarantine.id, Quarantine.source, Quarantine.payload)
-            for row_id, source, payload in db.exec(quarantined).yield_per(1000):
-                obj = _payload_object(payload)
-                if (obj is not None and belongs(_payload_session(obj), obj.get("cwd"))) or _names_session(
-                    source, sessions
-                ):
-                    plan.quarantine_ids.add(row_id)
-            selected = [p for p in pending if belongs(p.session_id, p.cwd)]
-
+            if not target.project:
+                raise PurgeError("--project needs a path")
+            roots = normalize_project(target.project)
+            selected = _plan_sessions(db, plan, pending, _sessions_under(db, roots, pending), roots)
         for chunk in _chunks(plan.trace_ids):
             plan.tool_calls += db.exec(
                 select(func.count()).select_from(ToolCall).where(ToolCall.trace_id.in_(chunk))
             ).one()
-
     plan.inbox_ids = {p.ref for p in selected if not isinstance(p.ref, Path)}
     plan.spool_files = sorted(p.ref for p in selected if isinstance(p.ref, Path))
     return plan

@@ -351,3 +351,28 @@ def test_purge_waits_for_ingest_and_says_so_when_it_does_not_finish(store):
         with pytest.raises(PurgeError, match="ingest is running"):
             execute_purge(get_settings(), PurgeTarget(mode="all"), lock_timeout=0.3)
     assert left(store["home"]) == before
+
+
+def test_purge_of_many_traces_across_batches_keeps_foreign_keys_happy(store):
+    """More traces than one DELETE batch holds, with subagent traces pointing at a parent in
+    another batch (foreign keys are enforced)."""
+    with session_scope() as db:
+        db.add(Session(id="big", project_path="/work/big", created_at=at(4, 1), updated_at=at(4, 1)))
+        db.flush()
+        root = Trace(session_id="big", key="root", created_at=at(4, 1), updated_at=at(4, 1))
+        db.add(root)
+        db.flush()
+        children = [Trace(session_id="big", key=f"agent-{i}", parent_id=root.id, created_at=at(4, 1),
+                          updated_at=at(4, 1)) for i in range(1200)]
+        db.add_all(children)
+        db.flush()
+        grandchild = Trace(session_id="big", key="deep", parent_id=children[-1].id, created_at=at(4, 1),
+                           updated_at=at(4, 1))
+        db.add(grandchild)
+        db.flush()
+        db.add_all([ToolCall(trace_id=c.id, tool_use_id=f"big-{i}", name="Read") for i, c in enumerate(children)])
+    data = purge_json("--session", "big")
+    assert data["counts"]["traces"] == 1202 and data["counts"]["tool_calls"] == 1200
+    rest = left(store["home"])
+    assert rest["sessions"] == {S1, S2, S3}
+    assert rest["traces"] == {store["t1"], store["t2"], store["t3"], store["t4"]}
