@@ -421,6 +421,7 @@ def write_backup(path: Path, data: bytes, mode: int) -> Path:
         except FileExistsError:
             continue
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # exactly the original's mode, whatever the umask
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -458,9 +459,9 @@ def update_settings_file(
     """Apply ``transform`` to the settings in ``path`` and write the result if it differs.
 
     A symlinked settings file (dotfile managers) is updated at its target. ``create`` says
-    whether a missing file (and its directory) may be created. The file is re-read just before
-    the rename: if Claude Code (or anything else) changed it meanwhile, the merge starts over
-    from the new content instead of overwriting that change.
+    whether a missing file (and its directory) may be created. The file is read again just
+    before writing: if Claude Code (or anything else) changed it meanwhile, the merge starts
+    over from the new content instead of overwriting that change.
     """
     path = Path(os.path.realpath(path))
     for _ in range(5):
