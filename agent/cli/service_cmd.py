@@ -1,0 +1,126 @@
+"""``ccrl service install|uninstall|status``: the agent as a systemd user service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ccrl.agent import service
+
+app = typer.Typer(help="Run the agent as a systemd user service (ccrl-agent.service).", no_args_is_help=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+@app.command("install")
+def install(
+    start: bool = typer.Option(True, "--start/--no-start", help="Start (or restart) the agent now."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
+) -> None:
+    """Write the unit into ~/.config/systemd/user/ for this installation, reload, enable, start."""
+    try:
+        exe = service.ccrl_executable()
+    except FileNotFoundError as exc:
+        _err().print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    text = service.render_unit([str(exe), "agent", "run"], service.service_environment())
+    try:
+        path, changed = service.write_unit(text, service.unit_dir())
+    except OSError as exc:
+        _err().print(f"[red]error:[/red] cannot write the unit into {service.unit_dir()}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    report: dict[str, Any] = {"unit": str(path), "changed": changed, "exec_start": f"{exe} agent run",
+                              "environment": service.service_environment(), "enabled": False, "started": False}
+    ignored = service.shell_only_overrides()
+    if ignored:
+        report["shell_only_overrides"] = ignored
+        _err().print(f"[yellow]note:[/yellow] {', '.join(ignored)} set in this shell will not reach the service; "
+                     f"put those settings in the config file (`ccrl config show` says where).", highlight=False)
+    systemctl = service.Systemctl()
+    reason = systemctl.unavailable_reason()
+    if reason is not None:
+        report["systemd"] = reason
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        typer.echo(service.NO_SYSTEMD_HELP.format(reason=reason, path=path), err=True)
+        raise typer.Exit(1)
+    steps = [("daemon-reload",), ("enable", service.UNIT_NAME)]
+    if start:
+        steps.append(("restart" if changed else "start", service.UNIT_NAME))
+    for args in steps:
+        done = systemctl.run(*args)
+        if done.returncode != 0:
+            _err().print(f"[red]error:[/red] systemctl --user {' '.join(args)} failed: "
+                         f"{(done.stderr or done.stdout).strip()}", highlight=False)
+            raise typer.Exit(1)
+    report.update(enabled=True, started=start)
+    linger = service.lingering()
+    report["linger"] = linger
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    console.print(f"{'Wrote' if changed else 'Unchanged'}: {path}", highlight=False)
+    console.print(f"Enabled{' and started' if start else ''} {service.UNIT_NAME} (ExecStart: {exe} agent run)",
+                  highlight=False)
+    console.print("Follow it with: journalctl --user -u ccrl-agent -f", highlight=False)
+    if linger is False:
+        console.print("Note: your user manager stops when you log out. To keep the agent running "
+                      "(and start it at boot): loginctl enable-linger $USER", highlight=False)
+
+
+@app.command("uninstall")
+def uninstall(as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON.")) -> None:
+    """Stop and disable the agent's unit and remove the unit file (captured data stays)."""
+    path = service.unit_dir() / service.UNIT_NAME
+    report: dict[str, Any] = {"unit": str(path), "removed": False, "disabled": False}
+    systemctl = service.Systemctl()
+    reason = systemctl.unavailable_reason()
+    if reason is None:
+        done = systemctl.run("disable", "--now", service.UNIT_NAME)
+        report["disabled"] = done.returncode == 0
+    else:
+        report["systemd"] = reason
+    if path.exists():
+        path.unlink()
+        report["removed"] = True
+    if reason is None:
+        systemctl.run("daemon-reload")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    console.print(f"Removed {path}" if report["removed"] else f"No unit file at {path}", highlight=False)
+    if reason is not None:
+        console.print(f"(systemctl --user is not reachable here: {reason}; nothing to stop)", highlight=False)
+    console.print("Captured data and models stay in place (`ccrl purge` removes data).", highlight=False)
+
+
+@app.command("status")
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Is the unit installed, up to date with this installation, enabled and running?"""
+    report = service.unit_status()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    if not report["installed"]:
+        console.print(f"Not installed ({report['unit']}). Install with: ccrl service install", highlight=False)
+    else:
+        console.print(f"Unit: {report['unit']}" + ("" if report["up_to_date"] else
+                      " [yellow](differs from this installation: run `ccrl service install`)[/yellow]"))
+    if report.get("systemd"):
+        console.print(f"systemd: not reachable ({report['systemd']})", highlight=False)
+    else:
+        console.print(f"enabled: {report.get('enabled')}  active: {report.get('active')}"
+                      f"  pid: {report.get('main_pid') or '-'}", highlight=False)
+        if report.get("status_text"):
+            console.print(f"status: {report['status_text']}", highlight=False)
+    agent = report["agent"]
+    console.print(f"agent process: {'running, pid ' + str(agent['pid']) if agent['running'] else 'not running'}",
+                  highlight=False)
