@@ -37,6 +37,7 @@ keyed on ``tool_use_id`` and never deleted; a field is only replaced by a non-em
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ from sqlmodel import col, func, select
 
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_file, get_engine
-from ccrl.agent.hook_turns import HookView, turns_from_events
+from ccrl.agent.hook_turns import HookView, hook_steps, turns_from_events
 from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace, utcnow
 from ccrl.agent.transcript import (
     BadLine,
@@ -70,6 +71,7 @@ PROMPT_MATCH_WINDOW = timedelta(minutes=10)
 _FAR_FUTURE = datetime.max.replace(tzinfo=timezone.utc)
 STATE_FILE = "ingest-state.json"
 LOCK_FILE = "ingest.lock"
+WATCH_MISSING_FOR_S = 7 * 24 * 3600
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,26 +197,56 @@ def _merge_call(transcript: ToolUse, hook: ToolUse | None) -> ToolUse:
     )
 
 
-def combine(transcript: Turn, hook: Turn) -> Turn:
-    """One turn from its transcript view and its hook view.
+class _CallIndex:
+    """Every call the hooks saw in a session, to enrich the transcript's calls wherever the
+    transcript puts them (older Claude Code sends a subagent's tool hooks without agent_id, so
+    the hook view files them under the main turn)."""
+
+    def __init__(self, hook_turns: list[Turn], transcript_turns: list[Turn]) -> None:
+        self.by_id = {c.tool_use_id: c for t in hook_turns for c in t.tool_uses}
+        self.transcript_ids = {c.tool_use_id for t in transcript_turns for c in t.tool_uses}
+        self.used: set[str] = set()
+
+    def enrich(self, call: ToolUse) -> ToolUse:
+        match = self.by_id.get(call.tool_use_id)
+        if match is None:  # a hook call without tool_use_id: same tool, same input
+            match = next(
+                (c for hid, c in self.by_id.items()
+                 if hid.startswith("hook:") and hid not in self.used and c.name == call.name and c.input == call.input),
+                None,
+            )
+        if match is not None:
+            self.used.add(match.tool_use_id)
+        return _merge_call(call, match)
+
+    def hook_only(self, call: ToolUse) -> bool:
+        """A call the transcript does not hold (yet): it lags, or is gone."""
+        return call.tool_use_id not in self.transcript_ids and call.tool_use_id not in self.used
+
+
+def _with_calls(turn: Turn, calls: list[ToolUse], steps: list[dict[str, Any]]) -> Turn:
+    merged = copy.copy(turn)
+    merged.tool_uses = calls
+    merged.steps = steps
+    return merged
+
+
+def _enriched(transcript: Turn, index: _CallIndex) -> Turn:
+    calls = [index.enrich(c) for c in transcript.tool_uses]
+    steps = [dict(s) for s in transcript.steps]
+    _add_hook_results(steps, calls)
+    return _with_calls(transcript, calls, steps)
+
+
+def combine(transcript: Turn, hook: Turn, index: _CallIndex) -> Turn:
+    """One turn from its transcript view (already enriched by ``index``) and its hook view.
 
     The transcript's steps and call order win; the hooks add durations and error flags, the
     calls and results the transcript does not hold yet, and Stop's final answer when the
     transcript's last message has not been written yet.
     """
-    hook_calls = {c.tool_use_id: c for c in hook.tool_uses}
-    calls: list[ToolUse] = []
-    for call in transcript.tool_uses:
-        match = hook_calls.pop(call.tool_use_id, None)
-        if match is None:  # a hook call without tool_use_id: same tool, same input
-            for hid, candidate in list(hook_calls.items()):
-                if hid.startswith("hook:") and candidate.name == call.name and candidate.input == call.input:
-                    match = hook_calls.pop(hid)
-                    break
-        calls.append(_merge_call(call, match))
-    missing = list(hook_calls.values())
+    missing = [c for c in hook.tool_uses if index.hook_only(c)]
     steps = [dict(s) for s in transcript.steps]
-    _add_hook_results(steps, calls)
     for call in missing:
         steps.append({"kind": "tool_use", "tool_use_id": call.tool_use_id, "name": call.name,
                       "input": call.input, "message_id": None})
@@ -234,7 +266,7 @@ def combine(transcript: Turn, hook: Turn) -> Turn:
         cwd=transcript.cwd or hook.cwd,
         model=transcript.model or hook.model,
         steps=steps,
-        tool_uses=calls + missing,
+        tool_uses=transcript.tool_uses + missing,
         interrupted=transcript.interrupted or hook.interrupted,
         complete=transcript.complete or hook.complete,
         hook_response=hook.hook_response,
@@ -271,23 +303,28 @@ def _add_hook_results(steps: list[dict[str, Any]], calls: list[ToolUse]) -> None
                            "output": call.output or "", "is_error": call.is_error})
 
 
-def merge_turns(transcript_turns: list[Turn], hook_turns: list[Turn]) -> tuple[list[Turn], dict[int, Turn]]:
-    """Merge two views of a session's turns (both in order). Returns the merged turns in order
-    and, for each hook turn (by ``id()``), the merged turn it became."""
+def _merge_list(transcript_turns: list[Turn], hook_turns: list[Turn], index: _CallIndex,
+                enriched: dict[int, Turn], became: dict[int, Turn]) -> list[Turn]:
     pairs = _pair_turns(transcript_turns, hook_turns)
     merged_of_transcript: dict[int, Turn] = {}
-    became: dict[int, Turn] = {}
     for i, hook in enumerate(hook_turns):
         transcript = pairs.get(i)
         if transcript is not None:
-            merged = combine(transcript, hook)
+            merged = combine(enriched[id(transcript)], hook, index)
             merged_of_transcript[id(transcript)] = merged
             became[id(hook)] = merged
-    result = [merged_of_transcript.get(id(t), t) for t in transcript_turns]
+    result = [merged_of_transcript.get(id(t), enriched[id(t)]) for t in transcript_turns]
     for i, hook in enumerate(hook_turns):
         if i in pairs:
             continue
-        became[id(hook)] = hook
+        calls = [c for c in hook.tool_uses if index.hook_only(c)]
+        if len(calls) != len(hook.tool_uses):
+            # some of its calls are another turn's in the transcript (a subagent's, seen by
+            # older hooks without agent_id): they are stored there
+            hook = _with_calls(hook, calls, hook_steps(_with_calls(hook, calls, [])))
+            if not (hook.prompt or calls or hook.hook_response):
+                continue
+        became[id(hook_turns[i])] = hook
         at = len(result)
         if hook.started_at is not None:
             for j, turn in enumerate(result):
@@ -295,7 +332,23 @@ def merge_turns(transcript_turns: list[Turn], hook_turns: list[Turn]) -> tuple[l
                     at = j
                     break
         result.insert(at, hook)
-    return result, became
+    return result
+
+
+def merge_turns(
+    transcript_turns: list[Turn], transcript_subagents: list[Turn], hook_turns: list[Turn], hook_subagents: list[Turn]
+) -> tuple[list[Turn], list[Turn], dict[int, Turn]]:
+    """Merge a session's transcript view and hook view (each: main turns in order, subagent
+    runs). Returns the merged main turns in order, the merged subagent runs, and for each hook
+    turn (by ``id()``) the merged turn it became."""
+    index = _CallIndex(hook_turns + hook_subagents, transcript_turns + transcript_subagents)
+    # Every transcript call takes its hook facts first, so that what is left over is what the
+    # transcript does not hold.
+    enriched = {id(t): _enriched(t, index) for t in transcript_turns + transcript_subagents}
+    became: dict[int, Turn] = {}
+    main = _merge_list(transcript_turns, hook_turns, index, enriched, became)
+    subs = _merge_list(transcript_subagents, hook_subagents, index, enriched, became)
+    return main, subs, became
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,12 +410,16 @@ def finalize_trace(trace: Trace, tool_calls: list[ToolCall]) -> Trace:
     return trace
 
 
-def _merge_steps(old: list[dict[str, Any]], old_rich: bool, new: list[dict[str, Any]], new_rich: bool) -> list[dict[str, Any]]:
+def _merge_steps(
+    old: list[dict[str, Any]], old_rich: bool, new: list[dict[str, Any]], new_rich: bool,
+    elsewhere: set[str] | frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
     """Steps for a trace that has ``old`` stored and a rebuild that produced ``new``.
 
     A transcript-derived list beats a hook-derived one; of two transcript-derived lists the
     longer one wins (a transcript only grows). Tool calls and a final answer only the other
-    list holds are appended, so nothing known is lost.
+    list holds are appended, so nothing known is lost, except calls listed in ``elsewhere``:
+    this rebuild puts them in another trace (a subagent's call the hooks had filed here).
     """
     if new_rich and (not old_rich or len(new) >= len(old)):
         base, other = [dict(s) for s in new], old
@@ -372,8 +429,13 @@ def _merge_steps(old: list[dict[str, Any]], old_rich: bool, new: list[dict[str, 
         base, other = ([dict(s) for s in new], old) if len(new) >= len(old) else ([dict(s) for s in old], new)
     have_use = {s.get("tool_use_id") for s in base if s.get("kind") == "tool_use"}
     have_result = {s.get("tool_use_id") for s in base if s.get("kind") == "tool_result"}
+    if elsewhere:
+        base = [st for st in base if st.get("kind") not in ("tool_use", "tool_result")
+                or st.get("tool_use_id") not in elsewhere]
     for step in other:
         kind = step.get("kind")
+        if step.get("tool_use_id") in elsewhere:
+            continue
         if kind == "tool_use" and step.get("tool_use_id") not in have_use:
             base.append(dict(step))
             have_use.add(step.get("tool_use_id"))
@@ -407,6 +469,12 @@ class _TraceStore:
         self.call_order: dict[int, list[str]] = {}  # trace id → tool_use_ids in the turn's order
         self.foreign: dict[str, int] = {}  # tool_use_id → trace id, owned by another session
         self.foreign_uuids: set[str] = set()
+        self.assigned: set[str] = set()
+
+    def assign(self, turns: list[Turn]) -> None:
+        """Record which calls this rebuild gives to which turn (each call to exactly one)."""
+        self.assigned = {c.tool_use_id for t in turns for c in t.tool_uses}
+        self.assigned |= {c.hook_id for t in turns for c in t.tool_uses if c.hook_id}
 
     def load_foreign(self, turns: list[Turn]) -> None:
         """Which of these turns' ids are already stored under another session (a resumed or
@@ -479,7 +547,9 @@ class _TraceStore:
         else:
             old_rich = trace.source in ("transcript", "both")
             self.result.traces_updated += 1
-        trace.steps = _merge_steps(list(trace.steps or []), old_rich, turn.steps, new_rich)
+        mine = {c.tool_use_id for c in turn.tool_uses}
+        elsewhere = {i for i in self.assigned if i not in mine}
+        trace.steps = _merge_steps(list(trace.steps or []), old_rich, turn.steps, new_rich, elsewhere)
         if turn.prompt and (new_rich or not old_rich or not trace.prompt):
             trace.prompt = turn.prompt
         trace.prompt_id = trace.prompt_id or turn.prompt_id
@@ -678,10 +748,11 @@ def rebuild_session(
         result.corrupt_lines = quarantine_lines(db, bad)
         result.ignored_lines = sum(p.ignored_lines for p in parsed.transcripts)
     _upsert_session(db, session_id, hook, parsed)
-    main_turns, became = merge_turns(parsed.turns if parsed else [], hook.turns)
-    sub_turns, sub_became = merge_turns(parsed.subagent_turns if parsed else [], hook.subagent_turns)
-    became.update(sub_became)
+    main_turns, sub_turns, became = merge_turns(
+        parsed.turns if parsed else [], parsed.subagent_turns if parsed else [], hook.turns, hook.subagent_turns
+    )
     store = _TraceStore(db, session_id, result)
+    store.assign(main_turns + sub_turns)
     store.load_foreign(main_turns + sub_turns)
     for i, turn in enumerate(main_turns):
         store.store(turn, is_last=i == len(main_turns) - 1)
@@ -729,72 +800,86 @@ def transcript_signature(path: str | None) -> list[list[Any]] | None:
         return None
 
 
-def _drain(settings: Settings) -> dict[str, Any]:
-    from ccrl.agent.drain import drain
+def ingest(settings: Settings | None = None) -> IngestReport:
+    """Drain captured events and rebuild the traces of every session that changed.
 
-    report = drain(settings)
+    Serialised by a lock file in ``CCRL_HOME`` (the agent and a manual ``ccrl ingest`` or
+    ``ccrl import`` may run at once). See :func:`rebuild_changed_sessions` for what is rebuilt.
+    """
+    from ccrl.agent.drain import drain
+    from ccrl.agent.lock import FileLock
+
+    settings = settings or get_settings()
+    get_engine(settings)
+    lock = FileLock(settings.home / LOCK_FILE, name="ingest")
+    with lock.hold("ingest", wait=True, timeout=600):
+        drained = drain(settings)
+        report = rebuild_changed_sessions(settings)
+    report.drain = _as_dict(drained)
+    return report
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
     if hasattr(report, "as_dict"):
-        return report.as_dict()
+        return dict(report.as_dict())
     try:
         return asdict(report)
     except TypeError:
         return dict(vars(report))
 
 
-def ingest(settings: Settings | None = None) -> IngestReport:
-    """Drain captured events and rebuild the traces of every session that changed.
+def rebuild_changed_sessions(settings: Settings | None = None) -> IngestReport:
+    """Rebuild every session with hook events stored since the last run, whose transcript
+    changed since it was last read (it lags behind the hooks), or whose last rebuild failed.
 
-    A session is rebuilt when it has events newer than the last ingest, when its transcript
-    changed since it was last read, or when its last rebuild failed. One session's failure is
-    reported in ``errors`` and never stops the others. Serialised by a lock file in
-    ``CCRL_HOME`` (the agent and a manual ``ccrl ingest`` may run at once).
+    Progress is kept in ``ingest-state.json`` in ``CCRL_HOME``; losing it only means every
+    session is rebuilt once more, which changes nothing. One session's failure is reported in
+    ``errors`` and never stops the others. Callers hold the ingest lock (``ingest()`` does).
     """
-    from ccrl.agent.lock import FileLock
-
     settings = settings or get_settings()
     report = IngestReport()
-    get_engine(settings)
-    lock = FileLock(settings.home / LOCK_FILE, name="ingest")
-    with lock.hold("ingest", wait=True, timeout=600):
-        report.drain = _drain(settings)
-        state = _load_state(settings)
-        last_id = int(state.get("last_event_id") or 0)
-        signatures: dict[str, Any] = dict(state.get("transcripts") or {})
-        with DBSession(get_engine(settings)) as db:
-            max_id = db.exec(select(func.max(HookEvent.id))).one() or 0
-            fresh = set(
-                db.exec(
-                    select(HookEvent.session_id)
-                    .where(HookEvent.id > last_id, HookEvent.id <= max_id, col(HookEvent.session_id).is_not(None))
-                    .distinct()
-                ).all()
-            )
-        todo = set(fresh) | set(state.get("failed") or [])
-        for session_id, entry in signatures.items():
-            if session_id in todo or not isinstance(entry, dict):
-                continue
-            if transcript_signature(entry.get("path")) != entry.get("signature"):
-                todo.add(session_id)
-        failed: list[str] = []
-        for session_id in sorted(s for s in todo if s):
-            try:
-                with DBSession(get_engine(settings)) as db:
-                    result = rebuild_session(db, session_id, settings)
-                    row = db.get(Session, session_id)
-                    path = row.transcript_path if row is not None else None
-                    db.commit()
-            except Exception as exc:  # one bad session never blocks the others
-                failed.append(session_id)
-                report.errors.append(f"session {session_id}: {type(exc).__name__}: {exc}")
-                _log().exception("ingest_session_failed", session_id=session_id)
-                continue
-            report.add(result)
+    state = _load_state(settings)
+    last_id = int(state.get("last_event_id") or 0)
+    watched: dict[str, Any] = {k: v for k, v in dict(state.get("transcripts") or {}).items() if isinstance(v, dict)}
+    with DBSession(get_engine(settings)) as db:
+        max_id = db.exec(select(func.max(HookEvent.id))).one() or 0
+        fresh = set(
+            db.exec(
+                select(HookEvent.session_id)
+                .where(HookEvent.id > last_id, HookEvent.id <= max_id, col(HookEvent.session_id).is_not(None))
+                .distinct()
+            ).all()
+        )
+    todo = {s for s in fresh | set(state.get("failed") or []) if s}
+    for session_id, entry in watched.items():
+        if session_id not in todo and transcript_signature(entry.get("path")) != entry.get("signature"):
+            todo.add(session_id)
+    failed: list[str] = []
+    now = utcnow().timestamp()
+    for session_id in sorted(todo):
+        try:
+            with DBSession(get_engine(settings)) as db:
+                result = rebuild_session(db, session_id, settings)
+                row = db.get(Session, session_id)
+                path = row.transcript_path if row is not None else None
+                db.commit()
+        except Exception as exc:  # one bad session never blocks the others
+            failed.append(session_id)
+            report.errors.append(f"session {session_id}: {type(exc).__name__}: {exc}")
+            _log().exception("ingest_session_failed", session_id=session_id)
+            continue
+        report.add(result)
+        if path:
+            entry = watched.get(session_id) or {}
             signature = transcript_signature(path)
-            if signature is None:
-                signatures.pop(session_id, None)
-            else:
-                signatures[session_id] = {"path": path, "signature": signature}
-        _save_state(settings, {"last_event_id": max_id, "transcripts": signatures, "failed": failed})
+            missing_since = (entry.get("missing_since") or now) if signature is None else None
+            watched[session_id] = {"path": path, "signature": signature, "missing_since": missing_since}
+    # A transcript gone for a week was deleted (Claude Code's cleanup), not late: stop watching.
+    watched = {
+        k: v for k, v in watched.items()
+        if not v.get("missing_since") or now - float(v["missing_since"]) < WATCH_MISSING_FOR_S
+    }
+    _save_state(settings, {"last_event_id": max_id, "transcripts": watched, "failed": failed})
     return report
 
 
