@@ -61,6 +61,11 @@ class TrainSettings(BaseModel):
     num_epochs: int = Field(default=3, ge=1, description="SFT epochs.")
     batch_size: int = Field(default=2, ge=1, description="Per-device batch size.")
     num_episodes: int = Field(default=100, ge=1, description="RL phase: prompts per run.")
+    base_model: str | None = Field(
+        default=None,
+        description="Base model for the agent's training: a hub id, a local folder or 'smollm2'; empty = automatic.",
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Cap on optimizer steps per agent training run; empty = whole epochs.")
 
 
 class RewardSettings(BaseModel):
