@@ -816,6 +816,7 @@ def ingest(settings: Settings | None = None) -> IngestReport:
         drained = drain(settings)
         report = rebuild_changed_sessions(settings)
     report.drain = _as_dict(drained)
+    report.errors[:0] = [f"drain: {e}" for e in report.drain.get("errors") or []]
     return report
 
 
