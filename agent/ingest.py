@@ -68,6 +68,8 @@ from ccrl.hooks.redact import redact_bytes
 
 # How far apart a hook's prompt and the transcript's may be and still be one turn.
 PROMPT_MATCH_WINDOW = timedelta(minutes=10)
+# Hooks and transcript lines are stamped by different writers of one machine.
+CLOCK_SKEW = timedelta(seconds=5)
 _FAR_FUTURE = datetime.max.replace(tzinfo=timezone.utc)
 STATE_FILE = "ingest-state.json"
 LOCK_FILE = "ingest.lock"
@@ -173,6 +175,16 @@ def _pair_turns(transcript_turns: list[Turn], hook_turns: list[Turn]) -> dict[in
                     pairs[i] = transcript
                     taken.add(id(transcript))
                     break
+    # Activity the hooks saw without its prompt (hooks installed mid-turn, or the prompt event
+    # lost): the transcript turn that was running then.
+    for i, hook in enumerate(hook_turns):
+        if i in pairs or hook.prompt or hook.started_at is None:
+            continue
+        running = [t for t in transcript_turns
+                   if t.started_at is not None and as_utc(t.started_at) <= hook.started_at + CLOCK_SKEW]
+        if running and id(running[-1]) not in taken:
+            pairs[i] = running[-1]
+            taken.add(id(running[-1]))
     return pairs
 
 

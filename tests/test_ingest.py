@@ -518,6 +518,26 @@ def test_subagent_seen_by_hooks_only(ccrl_home, tmp_path):
         main["id"], "Map the repo", "One file: a.", "Explore")
 
 
+def test_hooks_installed_mid_turn_join_the_transcript_turn(ccrl_home, tmp_path):
+    # The prompt was submitted before the hooks were installed: the hooks see a call and Stop.
+    s = Scenario(tmp_path)
+    s.t_user("u1", "tidy the imports", 0)
+    s.t_assistant("a1", "msg_1", {"type": "tool_use", "id": "toolu_1", "name": "Read",
+                                  "input": {"file_path": "/p/m.py"}}, 1)
+    s.t_result("r1", "toolu_1", "import os", 2)
+    s.t_assistant("a2", "msg_2", {"type": "text", "text": "Tidied."}, 8)
+    s.t_user("u2", "thanks", 20)
+    s.t_assistant("a3", "msg_3", {"type": "text", "text": "You're welcome."}, 21)
+    s.stop(8.5, last_message="Tidied.")
+    s.prompt("thanks", 20.1)
+    s.stop(21.5, last_message="You're welcome.")
+    ingest_now()
+    first, second = traces_of(s.session_id)
+    assert (first["prompt"], first["response"], first["source"]) == ("tidy the imports", "Tidied.", "both")
+    assert (second["prompt"], second["response"], second["source"]) == ("thanks", "You're welcome.", "both")
+    assert all_counts() == (2, 1)
+
+
 def test_corrupt_transcript_line_is_quarantined_and_the_rest_ingested(ccrl_home, tmp_path):
     s = Scenario(tmp_path)
     s.t_user("u1", "hello", 0)
@@ -557,3 +577,4 @@ def test_opted_out_project_is_not_rebuilt(ccrl_home, tmp_path):
     report = ingest_now()
     assert (report.sessions, report.sessions_ignored) == (0, 1)
     assert traces_of(s.session_id) == []
+
