@@ -38,11 +38,12 @@ class DatasetSettings(BaseModel):
     drop_incomplete: bool = Field(default=True, description="Drop interrupted traces and traces still open.")
     drop_duplicate_prompts: bool = Field(default=True, description="Drop traces whose prompt repeats an earlier one exactly.")
     drop_near_duplicate_prompts: bool = Field(default=True, description="Drop traces whose prompt nearly repeats an earlier one.")
-    near_duplicate_max_distance: int = Field(
-        default=3, ge=0, le=15, description="Near duplicate: SimHash (64 bits) of the prompts differs in at most this many bits.",
+    near_duplicate_similarity: float = Field(
+        default=0.8, gt=0.0, le=1.0,
+        description="Near duplicate: Jaccard similarity of the prompts' words and word pairs at least this (MinHash estimate).",
     )
     near_duplicate_min_words: int = Field(
-        default=8, ge=1, description="Prompts shorter than this are only compared exactly (short prompts hash too coarsely).",
+        default=8, ge=1, description="Prompts with fewer words are only compared exactly (a word or two changes a short prompt's meaning).",
     )
     drop_redacted_prompts: bool = Field(default=False, description="Drop traces whose prompt still holds a [REDACTED…] marker.")
     include_subagents: bool = Field(default=True, description="Subagent runs are traces like any other.")

@@ -28,8 +28,8 @@ FILTERS: dict[str, tuple[str, str]] = {
     "too_little_reasoning": ("min_reasoning_chars, min_reasoning_steps", "too little stated reasoning before the answer"),
     "too_long": ("max_tokens", "the trajectory is longer than the token budget"),
     "duplicate_prompt": ("drop_duplicate_prompts", "the same prompt (whitespace and case ignored) as an earlier kept trace"),
-    "near_duplicate_prompt": ("drop_near_duplicate_prompts, near_duplicate_max_distance",
-                              "nearly the same prompt as an earlier kept trace (SimHash)"),
+    "near_duplicate_prompt": ("drop_near_duplicate_prompts, near_duplicate_similarity",
+                              "nearly the same prompt as an earlier kept trace (MinHash of words and word pairs)"),
 }
 
 
@@ -76,42 +76,65 @@ def normalise_prompt(prompt: str) -> str:
     return " ".join(prompt.casefold().split())
 
 
-def simhash(text: str) -> int:
-    """64-bit SimHash of a text's words and word pairs (near-identical texts differ in few bits)."""
-    import numpy as np  # comes with `datasets`, which the builder needs anyway
+MINHASH_PERMUTATIONS = 64
+MINHASH_BANDS = 16  # 16 bands of 4 rows: pairs above ~0.5 similarity become candidates
+_PRIME = 4294967291  # the largest prime below 2^32: (a*h + b) stays below 2^64 for 32-bit h, a, b
 
+
+def prompt_features(text: str) -> set[str]:
+    """Words and word pairs of a prompt (case folded): what near-duplicate detection compares."""
     words = _WORD.findall(text.casefold())
-    features = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-    if not features:
-        return 0
-    hashes = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(f.encode(), digest_size=8).digest(), "little") for f in features),
-        dtype=np.uint64, count=len(features),
-    )
-    bits = (hashes[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
-    votes = bits.sum(axis=0, dtype=np.int64) * 2 - len(features)
-    return sum(1 << i for i in range(64) if votes[i] > 0)
+    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """|a ∩ b| / |a ∪ b| (1.0 for two empty sets)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class MinHasher:
+    """MinHash signatures: the share of equal positions of two signatures estimates the Jaccard
+    similarity of the two feature sets. Fixed seed, so signatures are the same in every build."""
+
+    def __init__(self, permutations: int = MINHASH_PERMUTATIONS, seed: int = 20261125) -> None:
+        import numpy as np  # comes with `datasets`, which the builder needs anyway
+
+        self.np = np
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, _PRIME, size=permutations, dtype=np.uint64)
+        self.b = rng.integers(0, _PRIME, size=permutations, dtype=np.uint64)
+
+    def signature(self, features: set[str]) -> Any:
+        """The signature of a feature set (array of ``permutations`` integers)."""
+        np = self.np
+        hashes = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(f.encode(), digest_size=4).digest(), "little") for f in features),
+            dtype=np.uint64, count=len(features),
+        )
+        if not len(hashes):
+            return np.zeros(len(self.a), dtype=np.uint64)
+        return ((hashes[:, None] * self.a[None, :] + self.b[None, :]) % np.uint64(_PRIME)).min(axis=0)
 
 
 class PromptDeduper:
     """Remembers the prompts of kept traces and tells whether a new one repeats one of them.
 
-    Exact duplicates by a hash of the normalised prompt; near duplicates by SimHash distance,
-    found through a band index (split the 64 bits into ``distance + 1`` bands: two hashes within
-    ``distance`` bits agree on at least one band), so each check costs a few lookups however
-    many prompts were kept. Memory: a few dozen bytes per kept prompt.
+    Exact duplicates by a hash of the normalised prompt. Near duplicates by Jaccard similarity
+    of words and word pairs: MinHash signatures in a band index (LSH) find the candidates in a
+    few lookups however many prompts were kept, and the signature agreement decides. Memory:
+    about 0.7 KB per kept prompt of eight words or more.
     """
 
     def __init__(self, cfg: DatasetSettings) -> None:
         self.cfg = cfg
         self.exact: set[bytes] = set()
-        bands = cfg.near_duplicate_max_distance + 1
-        width = 64 // bands
-        self.bands = [(i * width, 64 if i == bands - 1 else (i + 1) * width) for i in range(bands)]
-        self.index: dict[tuple[int, int], list[int]] = {}
+        self.hasher: MinHasher | None = None
+        self.signatures: list[Any] = []
+        self.index: dict[tuple[int, bytes], list[int]] = {}
 
-    def _keys(self, value: int) -> list[tuple[int, int]]:
-        return [(n, (value >> lo) & ((1 << (hi - lo)) - 1)) for n, (lo, hi) in enumerate(self.bands)]
+    def _bands(self, signature: Any) -> list[tuple[int, bytes]]:
+        rows = len(signature) // MINHASH_BANDS
+        return [(n, signature[n * rows:(n + 1) * rows].tobytes()) for n in range(MINHASH_BANDS)]
 
     def check_and_add(self, prompt: str) -> str | None:
         """``duplicate_prompt`` / ``near_duplicate_prompt`` if ``prompt`` repeats a kept one;
@@ -120,17 +143,19 @@ class PromptDeduper:
         digest = hashlib.blake2b(normalised.encode(), digest_size=16).digest()
         if self.cfg.drop_duplicate_prompts and digest in self.exact:
             return "duplicate_prompt"
-        near = (self.cfg.drop_near_duplicate_prompts
-                and len(_WORD.findall(normalised)) >= self.cfg.near_duplicate_min_words)
-        value = simhash(normalised[:4000]) if near else None
-        if value is not None:
-            limit = self.cfg.near_duplicate_max_distance
-            for key in self._keys(value):
-                for other in self.index.get(key, ()):
-                    if (value ^ other).bit_count() <= limit:
-                        return "near_duplicate_prompt"
+        signature = None
+        if (self.cfg.drop_near_duplicate_prompts
+                and len(_WORD.findall(normalised)) >= self.cfg.near_duplicate_min_words):
+            self.hasher = self.hasher or MinHasher()
+            signature = self.hasher.signature(prompt_features(normalised[:4000]))
+            bands = self._bands(signature)
+            candidates = {i for key in bands for i in self.index.get(key, ())}
+            for i in sorted(candidates):
+                if float((self.signatures[i] == signature).mean()) >= self.cfg.near_duplicate_similarity:
+                    return "near_duplicate_prompt"
         self.exact.add(digest)
-        if value is not None:
-            for key in self._keys(value):
-                self.index.setdefault(key, []).append(value)
+        if signature is not None:
+            self.signatures.append(signature)
+            for key in self._bands(signature):
+                self.index.setdefault(key, []).append(len(self.signatures) - 1)
         return None
