@@ -52,6 +52,8 @@ from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_file, get_engine
 from ccrl.agent.hook_turns import HookView, hook_steps, turns_from_events
 from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace, utcnow
+from ccrl.agent.records import trace_json
+from ccrl.agent.signals import extract_signals
 from ccrl.agent.transcript import (
     BadLine,
     ParsedSession,
@@ -409,15 +411,14 @@ def finalize_trace(trace: Trace, tool_calls: list[ToolCall]) -> Trace:
     """The last step before a trace is saved: derive what follows from its steps.
 
     ``reasoning`` and ``response`` are recomputed from ``steps`` (a response already stored is
-    never replaced by nothing). Behaviour extraction hooks in here, so every writer of traces
-    (ingest, import) produces the same derived fields; ``signals`` is left as it is until then.
+    never replaced by nothing). Behaviour signals are extracted here (``signals.extract_signals``
+    of the trace's JSON form), so every writer of traces (ingest, import) produces the same.
     """
     reasoning, response = split_reasoning(list(trace.steps or []))
     trace.reasoning = reasoning
     if response or not trace.response:
         trace.response = response
-    if trace.signals is None:
-        trace.signals = {}
+    trace.signals = extract_signals(trace_json(trace, tool_calls))
     trace.updated_at = utcnow()
     return trace
 

@@ -112,7 +112,8 @@ def test_fixture_imports_with_expected_counts(ccrl_home, rel):
     assert {c.tool_use_id for c in calls} == uses
     assert {c.tool_use_id for c in calls if c.is_error} == errors
     assert report.tool_calls == len(uses) and report.tool_errors == len(errors)
-    assert all(t.source == "transcript" and t.signals == {} for t in traces)
+    assert all(t.source == "transcript" and t.signals["tool_sequence"] == [s["name"] for s in t.steps if s["kind"] == "tool_use"]
+               for t in traces)  # signals are extracted when a trace is finalised
     for trace in traces:
         assert trace.prompt.strip(), f"trace {trace.key} has no prompt"
         # calls in the assistant's order: seq follows the order of tool_use steps

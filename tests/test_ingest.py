@@ -189,7 +189,7 @@ def test_hooks_and_transcript_of_one_turn_become_one_trace(ccrl_home, tmp_path):
     assert trace["status"] == "complete" and trace["source"] == "both"
     assert trace["key"] == "uuid:u1" and trace["user_uuid"] == "u1"
     assert trace["cwd"] == str(s.cwd) and trace["model"] == "claude-opus-4-6"
-    assert trace["signals"] == {} and trace["parent_id"] is None
+    assert trace["signals"]["tool_sequence"] == ["Grep"] and trace["parent_id"] is None
     with DBSession(get_engine(get_settings())) as db:
         session = db.get(Session, s.session_id)
         assert (session.source, session.project_path, session.cc_version) == ("both", str(s.cwd), "2.1.39")
