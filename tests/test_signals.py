@@ -4,6 +4,7 @@ the second half of this file)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -358,3 +359,133 @@ _step = st.fixed_dictionaries({"kind": st.sampled_from(["thinking", "text", "too
 def test_extract_signals_never_raises(steps, extra):
     s = extract_signals({**extra, "steps": steps})
     json.dumps(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Real traces: the Claude Code fixture transcripts, imported into a fresh store
+
+
+@pytest.fixture(scope="module")
+def fixture_traces(tmp_path_factory) -> dict[int, dict]:
+    """Every fixture transcript imported with ``import_transcripts``; trace id -> trace_json."""
+    from sqlmodel import Session as DBSession
+    from sqlmodel import select
+
+    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.db import dispose_engines, get_engine
+    from ccrl.agent.importer import import_transcripts
+    from ccrl.agent.models import ToolCall, Trace
+    from ccrl.agent.records import trace_json
+    from conftest import TRANSCRIPTS
+
+    home = tmp_path_factory.mktemp("signals") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CCRL_HOME", str(home))
+        mp.setenv("XDG_CONFIG_HOME", str(home.parent / "xdg"))
+        for name in ("CCRL_DATABASE_URL", "CCRL_CONFIG", "CCRL_DISABLE"):
+            mp.delenv(name, raising=False)
+        reset_settings_cache()
+        dispose_engines()
+        assert import_transcripts(TRANSCRIPTS).errors == []
+        with DBSession(get_engine()) as db:
+            calls: dict[int, list] = {}
+            for call in db.exec(select(ToolCall)):
+                calls.setdefault(call.trace_id, []).append(call)
+            traces = {t.id: trace_json(t, calls.get(t.id, [])) for t in db.exec(select(Trace))}
+        dispose_engines()
+        reset_settings_cache()
+    return traces
+
+
+def by_prompt(traces: dict[int, dict], start: str) -> dict:
+    (trace,) = [t for t in traces.values() if t["prompt"].startswith(start)]
+    return trace
+
+
+def test_fixtures_signals_are_stored_at_import(fixture_traces):
+    assert len(fixture_traces) > 20
+    for trace in fixture_traces.values():
+        assert trace["signals"] == extract_signals(trace)
+
+
+def test_fixture_greeting_prunes_tools(fixture_traces):
+    s = extract_signals(by_prompt(fixture_traces, "how are you doing"))
+    assert s["tool_sequence"] == [] and s["exploration_depth"] == "minimal"
+    assert s["pruning"] == [{"step": 0, "text": "This is not a technical task, so I don't need to use the "
+                                                 "TodoWrite tool or any other tools."}]
+
+
+def test_fixture_crud_plan_and_no_false_redo(fixture_traces):
+    s = extract_signals(by_prompt(fixture_traces, "create a file `JOKE.md`"))
+    assert s["tool_sequence"] == ["TodoWrite", "Write", "TodoWrite", "Read", "TodoWrite", "Edit", "TodoWrite",
+                                  "Bash", "TodoWrite"]
+    chain = texts(s["reasoning_chain"])
+    assert chain.index("Now let me create the JOKE.md file") < chain.index("Finally, let me delete the file")
+    # the requested modification of a file it wrote is not a correction: no check came in between
+    assert s["self_corrections"] == []
+    assert s["complexity"]["files_changed"] == 1 and s["exploration_depth"] == "minimal"
+
+
+def test_fixture_nextjs_subagent_states_constraint_and_corrections(fixture_traces):
+    trace = by_prompt(fixture_traces, "Create a new Next.js project structure")
+    assert trace["parent_id"] is not None and trace["agent_type"] == "general-purpose"
+    s = extract_signals(trace)
+    assert "I need to read the file first before editing it." in texts(s["constraints"])
+    stated = [i["text"] for i in s["self_corrections"] if i["kind"] == "stated"]
+    assert "Let me try a different approach by providing all the answers at once" in stated
+    assert "I apologize for the confusion." in stated
+
+
+def test_fixture_types_subagent_rewrites_and_retries(fixture_traces):
+    s = extract_signals(by_prompt(fixture_traces, "Create TypeScript types and interfaces"))
+    kinds = Counter(i["kind"] for i in s["self_corrections"])
+    assert kinds["redo"] >= 3 and kinds["retry"] >= 1 and kinds["stated"] >= 1
+    assert {"step": 28, "kind": "redo", "text": "rewrote index.ts after checking it"} in s["self_corrections"]
+
+
+def test_fixture_explore_subagent_is_thorough_and_parallel_failures_are_not_retries(fixture_traces):
+    trace = by_prompt(fixture_traces, "Very thorough exploration")
+    assert trace["parent_id"] is not None and trace["agent_type"] == "Explore"
+    s = extract_signals(trace)
+    assert s["exploration_depth"] == "thorough" and s["complexity"]["change_calls"] == 0
+    failed = {x["tool_use_id"] for x in trace["steps"] if x.get("kind") == "tool_result" and x.get("is_error")}
+    first_turn = sig.split_turns(sig.trace_steps(trace))[0]
+    # a parallel batch of reads, some of which failed
+    assert len(first_turn.calls) > 1 and any(trace["steps"][i]["tool_use_id"] in failed for i in first_turn.calls)
+    assert [i for i in s["self_corrections"] if i["step"] <= max(first_turn.calls)] == []
+
+
+def test_fixture_research_stops_exploring(fixture_traces):
+    s = extract_signals(by_prompt(fixture_traces, "Create beads (epic + tasks"))
+    assert {"step": 18, "text": "Now I have enough context."} in s["pruning"]
+    assert s["exploration_depth"] == "thorough"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.replace("**", "").split())
+
+
+def test_fixture_items_point_at_claudes_own_words_or_calls(fixture_traces):
+    for trace in fixture_traces.values():
+        steps = sig.trace_steps(trace)
+        s = extract_signals(trace)
+        for name in ("reasoning_chain", "constraints", "pruning", "self_corrections"):
+            for item in s[name]:
+                step = steps[item["step"]]
+                if item.get("kind") in ("retry", "redo"):
+                    assert step["kind"] == "tool_use"
+                    continue
+                assert step["kind"] in ("thinking", "text"), (trace["id"], name, item)
+                assert _flat(item["text"]).rstrip("…") in _flat(step["text"]), (trace["id"], name, item)
+
+
+def test_fixture_signals_ignore_tool_output_entirely(fixture_traces):
+    """Replacing every tool result of every real trace with reasoning-like text changes nothing."""
+    for trace in fixture_traces.values():
+        poisoned = json.loads(json.dumps(trace))
+        for step in poisoned["steps"]:
+            if step.get("kind") == "tool_result":
+                step["output"] = LOOKS_LIKE_REASONING
+        for call in poisoned["tool_calls"]:
+            call["output"] = LOOKS_LIKE_REASONING
+        assert extract_signals(poisoned) == extract_signals(trace)
