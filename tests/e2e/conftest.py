@@ -14,6 +14,24 @@ from .harness import ClaudeCodeMissing, Sandbox, claude_version, find_claude
 from .scripted_api import ScriptedAPI
 
 
+# Seconds per phase of the e2e runs, printed at the end of the test session (measured, never asserted).
+TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    """Show how long the real CLI runs, ingest and trace reads took."""
+    if TIMINGS:
+        terminalreporter.section("e2e timings (s)")
+        for label, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{seconds:7.2f}  {label}")
+
+
+@pytest.fixture(scope="session")
+def e2e_timings() -> dict[str, float]:
+    """Where tests record phase timings for the summary."""
+    return TIMINGS
+
+
 @pytest.fixture(scope="session")
 def claude_bin() -> Path:
     """The pinned Claude Code binary, checked to start and to match its npm package's version."""
