@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scripted_api import Block, Script, final_text, text, thinking, tool_use
+from .scripted_api import Script, final_text, text, thinking, tool_use
 
 # Fake but well-formed secrets: each matches a redaction rule of ccrl.hooks.redact.
 SECRETS = {
@@ -229,7 +229,6 @@ def stock(project: str | Path) -> dict[str, Script]:
 
 
 __all__ = [
-    "Block",
     "SECRETS",
     "SECRET_MARKERS",
     "Scenario",

@@ -24,14 +24,24 @@ is recorded in :attr:`ScriptedAPI.requests`; anything that is not ``POST /v1/mes
 answered sensibly and recorded in :attr:`ScriptedAPI.unknown` so a test can show what the CLI
 asked for.
 
-Usage (the demo uses the same API to produce sample sessions)::
+What Claude Code 2.1.328 sends (observed): only ``POST /v1/messages?beta=true`` with
+``stream: true``, ``thinking: {"type": "adaptive"}``, ``model: "claude-opus-5-5"``, 14 tools and
+``metadata.user_id`` (a JSON string holding the ``session_id``); ``messages`` may hold a
+``role: "system"`` message after the first prompt, the first prompt comes as text blocks (a
+``<system-reminder>`` block, then the prompt), thinking blocks go back with their signatures,
+and results of parallel calls come back in completion order. With
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` there were no side requests and no other endpoint.
+
+Usage (the demo uses the same API to produce sample sessions; tests/e2e/harness.py runs the
+CLI as an isolated user)::
 
     with ScriptedAPI() as api:
         key = api.add_script("fix-typo", [
             [thinking("Find the typo first."), tool_use("Grep", {"pattern": "teh"})],
             [text("Fixed.")],
         ])
-        run claude with ANTHROPIC_BASE_URL=api.url and a prompt holding f"[scenario:{key}]"
+        user = Sandbox(scratch_dir, api, find_claude())
+        user.claude(f"Fix the typo [scenario:{key}]", project_dir).check()
 
 Run as a module (``python -m tests.e2e.scripted_api --project /tmp/scratch --port 8765``) to lay
 out and serve the stock scenarios of :mod:`tests.e2e.scenarios` by hand; each is selected by

@@ -24,6 +24,9 @@ from . import scenarios as sc
 from .harness import ClaudeRun, Sandbox
 from .scripted_api import ScriptedAPI
 
+# Needs the real Claude Code CLI (installed by `make setup`); `-m "not slow"` leaves these out.
+pytestmark = pytest.mark.slow
+
 CONCURRENT = 3
 
 
