@@ -321,6 +321,20 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _quiet_libraries(progress_bar: bool) -> None:
+    """Keep the output to our progress and notices: no library progress bars without a
+    terminal, no deprecation chatter from transformers/TRL (their warnings still print)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)(\.|$)")
+    if not progress_bar:
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+
+
 def build_trainer(
     train: Any,
     evals: Any,
@@ -434,6 +448,7 @@ def train_sft(
     emit = emit or json_line_emitter()
     progress_bar = is_terminal() if progress_bar is None else progress_bar
     cuda = cuda_available()
+    _quiet_libraries(progress_bar)
     four_bit, notice = resolve_quant(config.quant, cuda)
     if notice:
         emit({"event": "notice", "message": notice})
@@ -470,6 +485,23 @@ def train_sft(
             import torch
 
             torch.cuda.reset_peak_memory_stats()
+        kept_train = len(trainer.train_dataset)
+        if kept_train == 0:
+            raise SFTError(
+                f"no training example keeps an assistant token within max_length={resolved['max_length']}: "
+                "the prompts alone are longer. Raise max_length (or drop the tools column)."
+            )
+        if evals is not None and len(trainer.eval_dataset) == 0:
+            emit({"event": "notice", "message": f"Every eval example is longer than max_length={resolved['max_length']} "
+                  "before its first assistant token: no eval loss this run."})
+            evals = None
+            trainer.eval_dataset = None
+            from transformers.trainer_utils import IntervalStrategy
+
+            trainer.args.eval_strategy = IntervalStrategy.NO
+        if kept_train < len(train):
+            emit({"event": "notice", "message": f"{len(train) - kept_train} of {len(train)} training examples dropped: "
+                  f"their prompt fills max_length={resolved['max_length']}."})
 
         if evals is not None and "eval_loss_before" not in state:
             # The adapter starts as a no-op (LoRA B = 0), so this is the starting model's loss.
@@ -519,8 +551,9 @@ def train_sft(
         metrics: dict[str, Any] = {
             **resolved,
             "model_source": model_source,
-            "train_examples": len(train),
-            "eval_examples": len(evals) if evals is not None else 0,
+            "train_examples": kept_train,
+            "train_examples_dropped": len(train) - kept_train,
+            "eval_examples": len(trainer.eval_dataset) if evals is not None else 0,
             "global_step": int(trainer.state.global_step),
             "max_steps": int(trainer.state.max_steps),
             "epochs": float(trainer.state.epoch or 0.0),

@@ -1,0 +1,286 @@
+"""SFT: real training steps on a tiny random Llama (SmolLM2's tokenizer), the assistant-only loss
+mask checked token by token, resume after SIGKILL, stop on request, the agent's run records and
+``ccrl train``.
+
+Datasets here are built by hand in exactly the dataset builder's shape (``messages`` with
+``tool_calls`` whose ``arguments`` are JSON strings, ``tool`` messages, a ``tools`` JSON-string
+column, train/eval splits), written with ``save_to_disk`` like a dataset version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl", reason="the [train] extra is part of the test environment")
+
+import torch  # noqa: E402
+
+from ccrl.agent.conversation import render_assistant_text  # noqa: E402
+from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer  # noqa: E402
+from ccrl.trainers.chat_templates import load_template, read_template_info  # noqa: E402
+from ccrl.trainers.sft import (  # noqa: E402
+    CPU_NOTICE,
+    SFTError,
+    SFTRunConfig,
+    SFTStopped,
+    build_trainer,
+    last_complete_checkpoint,
+    resolve_quant,
+    run_dir_is_locked,
+    train_sft,
+)
+
+torch.set_num_threads(1)  # the machine is shared: one core per test process
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _call(i: int, name: str, args: dict) -> dict:
+    return {"type": "function", "id": f"toolu_{i}", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def conversation(i: int) -> dict:
+    """One trajectory-format example: parallel calls, a call-only turn, tool results, an answer."""
+    path = f"src/m{i % 5}.py"
+    messages = [
+        {"role": "system", "content": "You are a coding agent. Tools: Read, Grep, Edit."},
+        {"role": "user", "content": f"Fix test {i}"},
+        {"role": "assistant", "content": "First, read the file.",
+         "tool_calls": [_call(1, "Read", {"file_path": path}), _call(2, "Grep", {"pattern": f"t{i}"})]},
+        {"role": "tool", "tool_call_id": "toolu_1", "name": "Read", "content": f"x = {i}"},
+        {"role": "tool", "tool_call_id": "toolu_2", "name": "Grep", "content": f"{path}:1"},
+        {"role": "assistant", "tool_calls": [_call(3, "Edit", {"file_path": path, "new": str(i + 1)})]},
+        {"role": "tool", "tool_call_id": "toolu_3", "name": "Edit", "content": "ok"},
+        {"role": "assistant", "content": f"Fixed: x is {i + 1}."},
+    ]
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("Read", "Grep", "Edit")]
+    return {"messages": messages, "tools": json.dumps(tools)}
+
+
+def write_dataset(path: Path, n_train: int = 8, n_eval: int = 2) -> Path:
+    from datasets import Dataset, DatasetDict
+
+    rows = [conversation(i) for i in range(n_train + n_eval)]
+    DatasetDict(train=Dataset.from_list(rows[:n_train]), eval=Dataset.from_list(rows[n_train:])).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    return build_tiny_llama(root / "tiny", ensure_embedded_tokenizer(root / "base"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "v1")
+
+
+def small(**overrides) -> SFTRunConfig:
+    """Settings that keep a run to seconds: short sequences (no tool schemas in the prompt),
+    no accumulation, no merge."""
+    values = dict(max_length=256, use_tools_column=False, gradient_accumulation_steps=1,
+                  per_device_eval_batch_size=2, merge=False, eval_each_epoch=False, save_steps=2, cpu_threads=1)
+    values.update(overrides)
+    return SFTRunConfig(**values)
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_design_and_reject_unknown_settings():
+    config = SFTRunConfig()
+    assert (config.lora_r, config.lora_alpha, config.learning_rate, config.num_train_epochs) == (16, 32, 2e-4, 3.0)
+    assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps > 1
+    assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert config.gpu_max_length >= 4096 and config.cpu_max_length < config.gpu_max_length
+    assert SFTRunConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(SFTError, match="unknown SFT setting.*lora_rank"):
+        SFTRunConfig.from_dict({"lora_rank": 8})
+
+
+def test_quantization_choice_per_machine():
+    assert resolve_quant("auto", cuda=True) == (True, None)
+    assert resolve_quant("auto", cuda=False) == (False, CPU_NOTICE)
+    assert resolve_quant("none", cuda=True) == (False, None)
+    assert resolve_quant("4bit", cuda=True) == (True, None)
+    with pytest.raises(SFTError, match="--quant 4bit needs a CUDA GPU"):
+        resolve_quant("4bit", cuda=False)
+    with pytest.raises(SFTError, match="unknown quantization"):
+        resolve_quant("8bit", cuda=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_explicit_4bit_without_cuda_fails_before_touching_anything(tmp_path, dataset, tiny_model):
+    with pytest.raises(SFTError, match="needs a CUDA GPU"):
+        train_sft(dataset, tmp_path / "out", str(tiny_model), small(quant="4bit"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_datasets_are_clear_errors(tmp_path, tiny_model):
+    from datasets import Dataset, DatasetDict
+
+    with pytest.raises(SFTError, match="cannot load the dataset"):
+        train_sft(tmp_path / "missing", tmp_path / "o1", str(tiny_model), small())
+    DatasetDict(train=Dataset.from_list([{"text": "hi"}])).save_to_disk(str(tmp_path / "plain"))
+    with pytest.raises(SFTError, match="no `messages` column"):
+        train_sft(tmp_path / "plain", tmp_path / "o2", str(tiny_model), small())
+    empty = Dataset.from_list([conversation(0)]).filter(lambda _row: False)
+    DatasetDict(train=empty).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(SFTError, match="empty"):
+        train_sft(tmp_path / "empty", tmp_path / "o3", str(tiny_model), small())
+
+
+# --- a real run -----------------------------------------------------------------------------------
+
+
+def test_assistant_only_labels_token_by_token(dataset, tiny_model, tmp_path):
+    """Every token's label, after TRL's preparation, is its id on the assistant's text and
+    end-of-turn token and -100 everywhere else (system, user, tools, headers, tool results)."""
+    from ccrl.trainers.sft import _load_splits
+
+    train, evals = _load_splits(dataset, use_tools=True)
+    trainer, resolved = build_trainer(train, evals, tmp_path / "out", str(tiny_model), small(max_length=2048),
+                                      cuda=False, four_bit=False, progress_bar=False)
+    assert resolved["template_family"] == "chatml"
+    tok = trainer.processing_class
+    head, end = "<|im_start|>assistant\n", "<|im_end|>"
+    for n, example in enumerate(trainer.train_dataset):
+        source = train[n]
+        text = tok.apply_chat_template(source["messages"], tools=json.loads(source["tools"]), tokenize=False)
+        encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert example["input_ids"] == encoded["input_ids"]
+        # Where each assistant message's text (and its end-of-turn token) sits in the rendered text.
+        spans, cursor = [], 0
+        for message in source["messages"]:
+            if message["role"] != "assistant":
+                continue
+            expected = head + render_assistant_text(message) + end
+            start = text.index(expected, cursor) + len(head)
+            spans.append((start, start + len(expected) - len(head)))
+            cursor = spans[-1][1]
+        assert len(spans) == 3
+        masked = 0
+        for token_id, label, (a, b) in zip(example["input_ids"], example["labels"], encoded["offset_mapping"]):
+            inside = any(s <= a and b <= e for s, e in spans)
+            assert label == (token_id if inside else -100), (tok.decode([token_id]), a, b)
+            masked += inside
+        end_id = tok.convert_tokens_to_ids(end)
+        # Three assistant turns, each closed by a trained end-of-turn token.
+        assert sum(1 for t, lab in zip(example["input_ids"], example["labels"]) if t == end_id and lab == t) == 3
+        assert 0 < masked < len(example["input_ids"])
+
+
+def test_sft_run_writes_adapter_merged_model_template_and_curve(dataset, tiny_model, tmp_path):
+    events = []
+    out = tmp_path / "run"
+    result = train_sft(dataset, out, str(tiny_model), small(max_steps=4, merge=True, eval_each_epoch=True, use_tools_column=True, max_length=384),
+                       emit=events.append, progress_bar=False)
+    m = result.metrics
+    assert (m["global_step"], m["max_steps"], m["device"], m["quant"], m["max_length"]) == (4, 4, "cpu", "none", 384)
+    assert m["train_examples"] == 8 and m["eval_examples"] == 2
+    assert m["train_tokens"] > 0 and m["tokens_per_second"] > 0 and m["peak_memory_bytes"] > 0
+    assert m["eval_loss_before"] > 0 and m["eval_loss_after"] > 0
+    assert {"event": "notice", "message": CPU_NOTICE} in events
+    progress = [e for e in events if e["event"] == "train.progress" and "loss" in e]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and all(e["max_steps"] == 4 for e in progress)
+    # The adapter, with the training template saved beside it.
+    final = out / "final"
+    assert (final / "adapter_model.safetensors").is_file()
+    assert json.loads((final / "adapter_config.json").read_text())["r"] == 16
+    assert (final / "chat_template.jinja").read_text() == load_template("chatml")
+    assert read_template_info(final)["end_of_turn"] == "<|im_end|>"
+    # The merged model for export carries the same template.
+    merged = out / "merged"
+    assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").read_text() == load_template("chatml")
+    assert read_template_info(merged)["name"] == "chatml"
+    # Checkpoints, loss curve (train points per step, eval before and after), metrics file.
+    assert last_complete_checkpoint(out).name == "checkpoint-4"
+    curve = json.loads((out / "loss_curve.json").read_text())
+    assert [p["step"] for p in curve["train"]] == [1, 2, 3, 4]
+    assert curve["eval"][0] == {"step": 0, "loss": m["eval_loss_before"]} and curve["eval"][-1]["loss"] == m["eval_loss_after"]
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["global_step"] == 4
+    # Private by default.
+    assert (out.stat().st_mode & 0o777) == 0o700
+    assert ((final / "adapter_model.safetensors").stat().st_mode & 0o777) == 0o600
+    assert not run_dir_is_locked(out)
+
+
+def test_other_inputs_in_the_same_folder_are_refused(dataset, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    train_sft(dataset, out, str(tiny_model), small(max_steps=1), progress_bar=False, emit=lambda e: None)
+    with pytest.raises(SFTError, match="other inputs"):
+        train_sft(dataset, out, str(tiny_model), small(max_steps=1, learning_rate=1e-3), progress_bar=False, emit=lambda e: None)
+
+
+def test_stop_on_request_checkpoints_and_the_next_start_resumes(dataset, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def stop_after_three_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    config = small(num_train_epochs=1.0, save_steps=100)  # 8 examples / batch 2 = 4 steps
+    with pytest.raises(SFTStopped, match="step 3 of 4"):
+        train_sft(dataset, out, str(tiny_model), config, progress_bar=False, emit=lambda e: None,
+                  should_stop=stop_after_three_steps)
+    assert last_complete_checkpoint(out).name == "checkpoint-3" and not (out / "final").exists()
+    result = train_sft(dataset, out, str(tiny_model), config, progress_bar=False, emit=lambda e: None)
+    assert (result.metrics["resumed_from"], result.metrics["global_step"], result.metrics["max_steps"]) == ("checkpoint-3", 4, 4)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    for state in out.glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def test_resume_after_sigkill_reaches_the_same_total_steps(dataset, tiny_model, tmp_path):
+    """A training process killed with SIGKILL after a checkpoint continues from it on the next
+    start and ends at the step count an uninterrupted run would have (2 epochs x 4 steps)."""
+    out = tmp_path / "run"
+    config = json.dumps(small(num_train_epochs=2.0, save_steps=2).to_dict())
+    cmd = [sys.executable, "-m", "ccrl.trainers.sft", str(dataset), str(out), str(tiny_model), config]
+    proc = subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    try:
+        while not _has_checkpoint(out):  # read-only polling: never disturb the writer
+            assert proc.poll() is None, f"trainer ended before a checkpoint: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 90 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = int(last_complete_checkpoint(out).name.split("-")[1])
+    assert killed_at < 8 and not (out / "final").exists()
+    assert not run_dir_is_locked(out)  # the kernel released the dead process's lock
+
+    # Restart (in this process: the kill above was real; a second interpreter start only costs time).
+    events = []
+    result = train_sft(dataset, out, str(tiny_model), SFTRunConfig.from_dict(json.loads(config)),
+                       emit=events.append, progress_bar=False)
+    metrics = result.metrics
+    assert metrics["resumed_from"] == f"checkpoint-{killed_at}"
+    assert (metrics["global_step"], metrics["max_steps"]) == (8, 8)
+    assert {"event": "notice", "message": f"Resuming from checkpoint-{killed_at}."} in events
+    state = json.loads((last_complete_checkpoint(out) / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    # Each step logged once across both processes (the resumed one picks up after the checkpoint).
+    steps = [p["step"] for p in json.loads((out / "loss_curve.json").read_text())["train"]]
+    assert steps == list(range(1, 9))
