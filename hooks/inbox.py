@@ -117,11 +117,25 @@ def store(home: str, received_at: float, payload: bytes, keep_open: bool = False
         raise
 
 
+def _makedirs_private(directory: str) -> None:
+    """``os.makedirs`` that creates every missing level 0700 (makedirs gives only the last
+    level its mode: a data dir created on the way to its spool dir would be world-readable)."""
+    if os.path.isdir(directory):
+        return
+    parent = os.path.dirname(directory)
+    if parent and parent != directory:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+
+
 def _private_dir(directory: str) -> bool:
     """Create ``directory`` (0700) if needed; True when it is a real directory owned by us and
     closed to others (a shared /tmp may hold a look-alike planted by another user)."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _makedirs_private(directory)
         st = os.lstat(directory)
     except OSError:
         return False
@@ -209,8 +223,7 @@ def ensure_inbox(path: str) -> None:
     """Create the inbox file (mode 0600, WAL) and its table if missing. Idempotent."""
     import sqlite3
 
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _makedirs_private(os.path.dirname(path))
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)

@@ -65,14 +65,16 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     ("bearer_token", r"(?i)\b((?:bearer|basic)[ \t]+)([A-Za-z0-9._~+/\-]{16,}=*)",
      ("bearer", "basic"), r"\1[REDACTED:bearer_token]"),
     # scheme://user:password@host; the user part and the host stay.
-    ("url_password", r"""(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/\s@"'\\]+:)([^@\s"'\\/]+)(@)""",
+    # The user part cannot hold "[": a marker left by an earlier rule ([REDACTED:kind]) is no user.
+    ("url_password", r"""(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/\s@"'\\\[\]]+:)([^@\s"'\\/\[][^@\s"'\\/]*)(@)""",
      ("://",), r"\1[REDACTED:url_password]\3"),
-    # NAME=value, name: "value", "name": "value", export NAME='value', --password=value.
+    # NAME=value, name: "value", "name": "value", export NAME='value', --password=value,
+    # config["password"] = "value".
     # An unquoted value runs to the end of its line (YAML/INI values may hold spaces); whether
     # it is code (primary_key=True, token = get_token()) is judged on its first word.
     ("secret",
-     r"(?i)(" + _SECRET_NAME_TAIL + r")\b(" + _Q + r"?" + _SEP + r")"
-     r"""(?:(\\*")([^"\\\r\n]{3,256})(\\*")|(')([^'\\\r\n]{3,256})(')|([^\s"'\\,;`=][^\s"'\\,;`]{2,}(?:[ \t]+[^\s"'\\,;`]+)*))""",
+     r"(?i)(" + _SECRET_NAME_TAIL + r")\b((?:" + _Q + r"\]?)?" + _SEP + r")"
+     r"""(?:(\\*")([^"\\\r\n]{3,256})(\\*")|(')([^'"\\\r\n]{3,256})(')|([^\s"'\\,;`=][^\s"'\\,;`]{2,}(?:[ \t]+[^\s"'\\,;`]+)*))""",
      ("password", "passwd", "passphrase", "secret", "token", "credential", "apikey",
       "accesskey", "privatekey", "_key", "-key", "_pwd", "-pwd", "_pass", "-pass"),
      None),
