@@ -32,6 +32,20 @@ def adapter_base(adapter_dir: Path) -> str:
     return base
 
 
+def _refuse_quantized(base: str) -> None:
+    """A base checkpoint stored quantized (bitsandbytes 4/8-bit, GPTQ, AWQ...) cannot take a
+    full-precision merge: say so instead of merging into rounded weights."""
+    from transformers import AutoConfig
+
+    quant = getattr(AutoConfig.from_pretrained(base), "quantization_config", None)
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+        raise MergeError(
+            f"refusing to merge into the quantized base {base} ({method}): merge into the full-precision "
+            "weights of the same model instead"
+        )
+
+
 def _resolve_dtype(base: str, dtype: str) -> Any:
     import torch
 
@@ -57,6 +71,7 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base: str | None = None, 
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base = base or adapter_base(adapter_dir)
+    _refuse_quantized(base)
     torch_dtype = _resolve_dtype(base, dtype)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
