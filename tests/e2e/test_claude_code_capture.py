@@ -334,6 +334,8 @@ def test_cli_calls_only_the_scripted_messages_api(world: World, scripted_api: Sc
     """Each prompt took exactly one request per script step, and the CLI asked for nothing else
     (with CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1): a new endpoint after a version bump shows here."""
     assert [(r.method, r.path) for r in scripted_api.unknown] == []
+    side = [r for r in scripted_api.requests if r.kind == "side"]  # no tools offered, or no scenario key
+    assert [(r.path, r.body.get("model"), len(r.body.get("messages") or [])) for r in side] == []
     for case in [*world.cases.values(), world.plain_case]:
         requests = scripted_api.requests_for(case.key)
         assert [r.step for r in requests] == list(range(len(case.scenario.script))), case.key
