@@ -578,3 +578,68 @@ def test_opted_out_project_is_not_rebuilt(ccrl_home, tmp_path):
     assert (report.sessions, report.sessions_ignored) == (0, 1)
     assert traces_of(s.session_id) == []
 
+
+
+def test_ingest_end_to_end_from_the_real_hook_command(ccrl_home, tmp_path):
+    """Events go through the installed hook command (sh -c, as Claude Code runs it) into the
+    inbox; ingest() drains them and builds the trace with the transcript."""
+    import subprocess
+
+    from ccrl.agent.drain import ensure_local_stores
+    from ccrl.agent.ingest import ingest
+    from ccrl.hooks.capture import hook_command
+
+    settings = get_settings()
+    ensure_local_stores(settings)
+    command = hook_command(str(ccrl_home))
+    s = Scenario(tmp_path, session_id="e2e-0001")
+    now = datetime.now(timezone.utc)
+    stamp = lambda dt: (now + timedelta(seconds=dt)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"  # noqa: E731
+    s.line({**s._base("user", "u1", 0), "timestamp": stamp(0),
+            "message": {"role": "user", "content": "count the lines of a.txt"}})
+    s.line({**s._base("assistant", "a1", 0), "timestamp": stamp(1), "message": {
+        "id": "msg_1", "role": "assistant", "model": "claude-opus-4-6",
+        "content": [{"type": "tool_use", "id": "toolu_W", "name": "Bash", "input": {"command": "wc -l a.txt"}}]}})
+    s.line({**s._base("user", "r1", 0), "timestamp": stamp(2), "message": {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_W", "content": "3 a.txt"}]}})
+    s.line({**s._base("assistant", "a2", 0), "timestamp": stamp(3), "message": {
+        "id": "msg_2", "role": "assistant", "model": "claude-opus-4-6",
+        "content": [{"type": "text", "text": "a.txt has 3 lines."}]}})
+
+    def fire(payload: dict) -> None:
+        payload = {**payload, "session_id": s.session_id, "transcript_path": str(s.transcript), "cwd": str(s.cwd)}
+        done = subprocess.run(["sh", "-c", command], input=json.dumps(payload).encode(), capture_output=True,
+                              timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+    ups = template(SEEKNAL, "user_prompt_submit")
+    fire({**ups, "prompt": "count the lines of a.txt"})
+    pre = template(SEEKNAL, "pre_tool_use")
+    fire({**pre, "tool_name": "Bash", "tool_input": {"command": "wc -l a.txt"}, "tool_use_id": "toolu_W"})
+    post = template(SEEKNAL, "post_tool_use", 2)
+    fire({**post, "tool_name": "Bash", "tool_input": {"command": "wc -l a.txt"}, "tool_use_id": "toolu_W",
+          "tool_response": {"stdout": "3 a.txt", "stderr": ""}, "duration_ms": 11})
+    fire({**template(SEEKNAL, "stop"), "last_assistant_message": "a.txt has 3 lines."})
+
+    report = ingest(settings)
+    assert report.errors == []
+    assert report.drain["stored"] == 4
+    assert (report.sessions, report.traces_created, report.tool_calls_created) == (1, 1, 1)
+    [trace] = traces_of(s.session_id)
+    assert (trace["prompt"], trace["response"], trace["source"], trace["status"]) == (
+        "count the lines of a.txt", "a.txt has 3 lines.", "both", "complete")
+    assert trace["tool_calls"] == [{"id": "toolu_W", "name": "Bash", "input": {"command": "wc -l a.txt"},
+                                    "output": "3 a.txt", "is_error": False, "duration_ms": 11}]
+    again = ingest(settings)
+    assert (again.drain["stored"], again.sessions, again.traces_created) == (0, 0, 0)
+
+    from typer.testing import CliRunner
+
+    from ccrl.agent.cli import app
+
+    fire({**template(SEEKNAL, "stop"), "last_assistant_message": "a.txt has 3 lines."})  # a late duplicate Stop
+    result = CliRunner().invoke(app, ["ingest", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["drain"]["stored"], data["sessions"], data["traces_created"], data["errors"]) == (1, 1, 0, [])
+    assert traces_of(s.session_id) == [trace]
