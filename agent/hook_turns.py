@@ -159,7 +159,6 @@ class _Builder:
     # -- events
 
     def event(self, event: EventLike) -> None:
-        event.received_at = as_utc(event.received_at)  # rows read back from SQLite may be naive
         payload = event.payload if isinstance(event.payload, dict) else {}
         name = event.event or _str(payload.get("hook_event_name")) or ""
         view = self.view
@@ -325,6 +324,25 @@ def hook_steps(turn: Turn) -> list[dict[str, Any]]:
 def turns_from_events(events: Iterable[EventLike], max_output_chars: int | None = None) -> HookView:
     """Replay one session's hook events (any order; they are sorted by arrival) into turns."""
     builder = _Builder(max_output_chars)
-    for event in sorted(events, key=lambda e: (as_utc(e.received_at), e.id or 0)):
+    # Copies, with aware UTC times: stored rows are never modified here.
+    snapshot = [
+        _Event(e.id, e.event_key, as_utc(e.received_at), e.event, e.session_id, e.tool_use_id, e.prompt_id,
+               e.agent_id, e.payload if isinstance(e.payload, dict) else {})
+        for e in events
+    ]
+    for event in sorted(snapshot, key=lambda e: (e.received_at, e.id or 0)):
         builder.event(event)
     return builder.finish()
+
+
+@dataclass
+class _Event:
+    id: int | None
+    event_key: str
+    received_at: datetime
+    event: str
+    session_id: str | None
+    tool_use_id: str | None
+    prompt_id: str | None
+    agent_id: str | None
+    payload: dict[str, Any]
