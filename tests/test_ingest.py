@@ -342,6 +342,37 @@ def test_hook_only_trace_merges_with_the_transcript_that_appears_later(ccrl_home
     assert kept["source"] == "both"
 
 
+def test_import_merges_with_hook_captured_data_of_the_same_session(ccrl_home, tmp_path):
+    from ccrl.agent.importer import import_transcripts
+
+    s = Scenario(tmp_path)
+    s.prompt("list the tests", 0)
+    s.pre("toolu_1", "Glob", {"pattern": "tests/*.py"}, 1)
+    s.post("toolu_1", "Glob", {"pattern": "tests/*.py"}, {"filenames": ["tests/a.py"]}, 2, duration_ms=8)
+    s.stop(3, last_message="One test file.")
+    ingest_now()
+    [hook_only] = traces_of(s.session_id)
+    # the transcript is imported later from a copy elsewhere (e.g. a backup of ~/.claude)
+    s.t_user("u1", "list the tests", 0.1)
+    s.t_assistant("a1", "msg_1", {"type": "thinking", "thinking": "Glob for tests.", "signature": "x"}, 0.5)
+    s.t_assistant("a2", "msg_1", {"type": "tool_use", "id": "toolu_1", "name": "Glob",
+                                  "input": {"pattern": "tests/*.py"}}, 0.9)
+    s.t_result("r1", "toolu_1", "tests/a.py", 2)
+    s.t_assistant("a3", "msg_2", {"type": "text", "text": "There is one test file, tests/a.py."}, 2.9)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    copy_of = backup / s.transcript.name
+    copy_of.write_bytes(s.transcript.read_bytes())
+    s.transcript.unlink()
+    report = import_transcripts(backup)
+    assert (report.sessions, report.traces_created, report.traces_updated) == (1, 0, 1)
+    [merged] = traces_of(s.session_id)
+    assert merged["id"] == hook_only["id"] and merged["source"] == "both"
+    assert (merged["reasoning"], merged["response"]) == (["Glob for tests."], "There is one test file, tests/a.py.")
+    assert merged["tool_calls"][0]["duration_ms"] == 8
+    assert all_counts() == (1, 1)
+
+
 def test_two_prompts_with_prompt_ids_are_two_traces(ccrl_home, tmp_path):
     s = Scenario(tmp_path)
     s.t_user("u1", "first", 0)
