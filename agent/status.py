@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,7 @@ from urllib.parse import quote
 
 from ccrl.agent.claude_settings import SCOPES, scope_status, settings_path
 from ccrl.agent.config import Settings
-
-SPOOL_SUFFIX = ".event"
+from ccrl.hooks.paths import SPOOL_SUFFIX, spool_received_at
 
 
 def mask_url(url: str) -> str:
@@ -51,29 +52,54 @@ def _utc_iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat()
 
 
+def _own_directory(directory: Path) -> bool:
+    """A real directory owned by this user: the /tmp spool dir is in a shared place, and a
+    look-alike (another user's, or a symlink) is never read, as the drain never reads it."""
+    try:
+        st = directory.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
 def spool_files(settings: Settings) -> list[Path]:
-    """Every complete spooled event (``*.event``) in every spool dir; in-flight temp files
-    (dot-prefixed) are not events yet."""
+    """Every spooled event the drain would take: complete ``*.event`` files, and unfinished
+    ``.<name>.event.tmp`` ones old enough that no hook is still writing them (the hook was
+    killed between write and rename), in every spool dir."""
+    from ccrl.agent.drain import STALE_TMP_S
+
     found: list[Path] = []
-    for directory in settings.spool_dirs:
+    now = time.time()
+    for directory in dict.fromkeys(settings.spool_dirs):
+        if not _own_directory(directory):
+            continue
         try:
             entries = list(os.scandir(directory))
         except OSError:
             continue
         for entry in entries:
-            if entry.name.endswith(SPOOL_SUFFIX) and not entry.name.startswith(".") and entry.is_file():
-                found.append(Path(entry.path))
+            name = entry.name
+            complete = name.endswith(SPOOL_SUFFIX) and not name.startswith(".")
+            unfinished = name.startswith(".") and name.endswith(SPOOL_SUFFIX + ".tmp")
+            if not (complete or unfinished):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (unfinished and now - st.st_mtime < STALE_TMP_S):
+                continue
+            found.append(Path(entry.path))
     return sorted(found)
 
 
 def spool_time(path: Path) -> datetime:
     """When a spooled event arrived: the hook names files ``<unix µs>-<pid>-<rand>.event``;
     the file's mtime stands in for names in any other form."""
-    head = path.name.split("-", 1)[0]
-    try:
-        return datetime.fromtimestamp(int(head) / 1_000_000, tz=timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    received = spool_received_at(path.name)
+    if received is None:
+        received = path.stat().st_mtime
+    return datetime.fromtimestamp(received, tz=timezone.utc)
 
 
 def pending_counts(settings: Settings) -> dict[str, Any]:

@@ -327,9 +327,11 @@ def test_cli_install_status_uninstall_in_the_user_scope(home, ccrl_home):
     report = json.loads(result.stdout)
     assert report["changed"] and report["command"] == command and report["path"] == str(path)
     assert canonical(json.loads(path.read_text())) == canonical(expected_after_install(REALISTIC, command))
-    # The data dir and the inbox are ready before the first event arrives.
-    assert (ccrl_home / "inbox.db").exists()
+    # The data dir, spool dir and inbox are ready (and private) before the first event arrives.
+    assert report["inbox"] == str(ccrl_home / "inbox.db")
+    assert stat.S_IMODE((ccrl_home / "inbox.db").stat().st_mode) == 0o600
     assert stat.S_IMODE(ccrl_home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((ccrl_home / "spool").stat().st_mode) == 0o700
 
     again = run_cli("hooks", "install")
     assert again.exit_code == 0 and "already installed" in again.stdout

@@ -49,6 +49,8 @@ def store(ccrl_home, tmp_path, monkeypatch) -> dict:
     - S2 in /work/proj-a/sub (February): t3 (1 call), 1 hook event, a spool file.
     - S3 in /work/proj-ab (March; a sibling, not below proj-a): t4, 1 hook event, a spool file
       in the runtime spool dir.
+    - An unfinished spool file of S1 from January (stale); a fresh one (in flight); a look-alike
+      spool dir (symlink) with an S1 event that is not ours to touch.
     - S4 only pending, cwd /work/proj-a/x (March inbox row); an unparseable inbox row (January);
       unparseable quarantined bytes (March).
     """
@@ -106,9 +108,21 @@ def store(ccrl_home, tmp_path, monkeypatch) -> dict:
 
     ids["spool_s2"] = spool(ccrl_home / "spool", at(2, 11), event(S2, "/work/proj-a/sub"))
     ids["spool_s3"] = spool(Path(os.environ["XDG_RUNTIME_DIR"]) / "ccrl-spool", at(3, 12), event(S3, "/work/proj-ab"))
-    # A spool file still being written (dot-prefixed temp name) is not an event yet.
+    # A spool file still being written (dot-prefixed temp name) is not an event yet...
     ids["spool_tmp"] = ccrl_home / "spool" / ".123-1-ff.event.tmp"
     ids["spool_tmp"].write_bytes(b"{}")
+    # ...but one left unfinished an hour ago (the hook was killed before its rename) is S1's data.
+    stale = ccrl_home / "spool" / f".{int(at(1, 20).timestamp() * 1_000_000)}-7-ee.event.tmp"
+    stale.write_bytes(json.dumps(event(S1, "/work/proj-a")).encode())
+    os.utime(stale, (at(1, 20).timestamp(), at(1, 20).timestamp()))
+    ids["spool_stale"] = stale
+    # The shared /tmp spool dir is a symlink to someone else's files: never read or deleted.
+    elsewhere = tmp_path / "not-mine"
+    elsewhere.mkdir()
+    (elsewhere / "1-1-aa.event").write_bytes(json.dumps(event(S1, "/work/proj-a")).encode())
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / f"ccrl-spool-{os.getuid()}").symlink_to(elsewhere)
+    ids["not_mine"] = elsewhere / "1-1-aa.event"
     ids["home"] = ccrl_home
     return ids
 
@@ -165,7 +179,7 @@ def test_purge_session(store):
     data = purge_json("--session", S1)
     assert data["target"] == "session" and data["dry_run"] is False
     assert data["counts"] == {"sessions": 1, "traces": 2, "tool_calls": 3, "hook_events": 2, "quarantined": 2,
-                              "inbox_events": 1, "spool_files": 0}
+                              "inbox_events": 1, "spool_files": 1}
     assert data["vacuumed"] == ["store", "inbox"]
     rest = left(store["home"])
     assert rest["sessions"] == {S2, S3}
@@ -175,12 +189,13 @@ def test_purge_session(store):
     assert rest["quarantined"] == {"not JSON"}
     assert inbox_sessions(rest["inbox"]) == {S4, "<unparseable>"}
     assert rest["spool"] == {store["spool_s2"].name, store["spool_s3"].name, store["spool_tmp"].name}
+    assert store["not_mine"].exists()
 
 
 def test_purge_project_matches_the_path_and_below_but_not_siblings(store):
     data = purge_json("--project", "/work/proj-a/")
     assert data["counts"] == {"sessions": 2, "traces": 3, "tool_calls": 4, "hook_events": 3, "quarantined": 2,
-                              "inbox_events": 2, "spool_files": 1}
+                              "inbox_events": 2, "spool_files": 2}
     rest = left(store["home"])
     assert rest["sessions"] == {S3}
     assert rest["traces"] == {store["t4"]}
@@ -194,16 +209,17 @@ def test_purge_project_matches_the_path_and_below_but_not_siblings(store):
 def test_purge_before_a_date(store):
     data = purge_json("--before", "2026-02-01")
     # January: t1 and its subagent t2 (3 tool calls), session S1 (no trace left), S1's two hook
-    # events, the January quarantine item, the January inbox rows (S1's and the unparseable one).
+    # events, the January quarantine item, the January inbox rows (S1's and the unparseable
+    # one), the stale unfinished spool file.
     assert data["counts"] == {"sessions": 1, "traces": 2, "tool_calls": 3, "hook_events": 2, "quarantined": 1,
-                              "inbox_events": 2, "spool_files": 0}
+                              "inbox_events": 2, "spool_files": 1}
     rest = left(store["home"])
     assert rest["sessions"] == {S2, S3}
     assert rest["traces"] == {store["t3"], store["t4"]}
     assert rest["hook_events"] == {"e3", "e4"}
     assert rest["quarantined"] == {"not JSON", "corrupt transcript line"}
     assert inbox_sessions(rest["inbox"]) == {S4}
-    assert len(rest["spool"]) == 3
+    assert rest["spool"] == {store["spool_s2"].name, store["spool_s3"].name, store["spool_tmp"].name}
 
 
 def test_purge_before_keeps_a_session_that_still_has_later_traces(store):
@@ -218,10 +234,11 @@ def test_purge_before_keeps_a_session_that_still_has_later_traces(store):
 def test_purge_all(store):
     data = purge_json("--all")
     assert data["counts"] == {"sessions": 3, "traces": 4, "tool_calls": 4, "hook_events": 4, "quarantined": 3,
-                              "inbox_events": 3, "spool_files": 2}
+                              "inbox_events": 3, "spool_files": 3}
     rest = left(store["home"])
     assert all(not rest[key] for key in ("sessions", "traces", "tool_calls", "hook_events", "quarantined", "inbox"))
     assert rest["spool"] == {store["spool_tmp"].name}
+    assert store["not_mine"].exists()
     # Nothing left: a second purge says so and removes nothing.
     again = purge_json("--all")
     assert not any(again["counts"].values())

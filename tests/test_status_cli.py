@@ -44,8 +44,9 @@ def home(tmp_path, monkeypatch, ccrl_home) -> Path:
 @pytest.fixture
 def filled(home, ccrl_home) -> Path:
     """2 sessions, 3 traces (1 subagent), 4 tool calls (1 failed), 2 hook events (newest 3 March),
-    1 quarantined item; 3 inbox rows (newest 5 March); 2 spool files (newest 6 March) in two
-    spool dirs, plus a temp file being written and a stray file, which are not events."""
+    1 quarantined item; 3 inbox rows (newest 5 March); 3 spool files (newest 6 March) in two
+    spool dirs, one of them left unfinished long ago; not counted: a temp file being written, a
+    stray file, and a look-alike spool dir that is a symlink."""
     with session_scope() as db:
         db.add_all([Session(id="s1", created_at=at(3, 1), updated_at=at(3, 1)),
                     Session(id="s2", created_at=at(3, 2), updated_at=at(3, 2))])
@@ -78,6 +79,16 @@ def filled(home, ccrl_home) -> Path:
         (directory / f"{int(at(3, day).timestamp() * 1_000_000)}-1-aa.event").write_bytes(b"{}")
     (ccrl_home / "spool" / ".99-1-bb.event.tmp").write_bytes(b"{}")
     (runtime_spool / "README").write_text("not an event")
+    # Left unfinished an hour ago (the hook was killed before its rename): pending all the same.
+    stale = ccrl_home / "spool" / f".{int(at(3, 2).timestamp() * 1_000_000)}-2-cc.event.tmp"
+    stale.write_bytes(b"{}")
+    os.utime(stale, (at(3, 2).timestamp(), at(3, 2).timestamp()))
+    # The shared /tmp spool dir is a symlink to files that are not ours: not counted.
+    elsewhere = ccrl_home.parent / "not-mine"
+    elsewhere.mkdir()
+    (elsewhere / f"{int(at(3, 9).timestamp() * 1_000_000)}-1-aa.event").write_bytes(b"{}")
+    (ccrl_home.parent / "tmp").mkdir()
+    (ccrl_home.parent / "tmp" / f"ccrl-spool-{os.getuid()}").symlink_to(elsewhere)
     return ccrl_home
 
 
@@ -102,7 +113,7 @@ def test_status_json_counts_and_keys(filled):
     assert info["store"]["error"] is None
     assert datetime.fromisoformat(info["store"]["last_event_at"]) == at(3, 3)
     assert {k: info["pending"][k] for k in ("inbox", "spool", "total", "error")} == {
-        "inbox": 3, "spool": 2, "total": 5, "error": None}
+        "inbox": 3, "spool": 3, "total": 6, "error": None}
     assert datetime.fromisoformat(info["pending"]["newest_at"]) == at(3, 6)
     assert datetime.fromisoformat(info["last_capture_at"]) == at(3, 6)
     assert not any(scope["installed"] for scope in info["hooks"].values())
@@ -120,7 +131,7 @@ def test_status_table(filled):
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("sessions", "3 (1 subagent)", "4 (1 error)", "5 (inbox 3, spool 2)", "quarantined",
+    for text in ("sessions", "3 (1 subagent)", "4 (1 error)", "6 (inbox 3, spool 3)", "quarantined",
                  "not installed", "2026-03-06"):
         assert text in out
     # Long paths fold onto several lines instead of being cut.

@@ -59,16 +59,6 @@ def hook_command_for(settings: Settings) -> str:
     return hook_command(str(settings.home))
 
 
-def prepare_local_stores(settings: Settings) -> Path:
-    """Create the data dir and the inbox, so the very first event has somewhere to go."""
-    from ccrl.agent.db import ensure_private_dir
-    from ccrl.hooks.inbox import ensure_inbox
-
-    ensure_private_dir(settings.home)
-    ensure_inbox(str(settings.inbox_path))
-    return settings.inbox_path
-
-
 @app.command()
 def install(
     scope: Scope = SCOPE_OPTION,
@@ -76,11 +66,16 @@ def install(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Register ccrl's hook for every Claude Code event (idempotent; keeps all other settings)."""
+    import sqlite3
+
+    from ccrl.agent.drain import ensure_local_stores
+
     settings = get_settings()
     path = settings_path(scope.value, project_dir)
     try:
-        inbox = prepare_local_stores(settings)
-    except OSError as exc:
+        # Data dir, spool dir and inbox first: the very first event needs somewhere to go.
+        inbox = ensure_local_stores(settings)
+    except (OSError, sqlite3.Error) as exc:
         _fail(f"cannot prepare the data directory {settings.home}: {exc}. Check its permissions and free space.")
     command = hook_command_for(settings)
     try:
