@@ -58,12 +58,12 @@ class PurgeTarget:
 
     def describe(self) -> str:
         if self.mode == "session":
-            return f"session {self.session_id}"
+            return f"everything of session {self.session_id}"
         if self.mode == "project":
-            return f"project {self.project} (and everything below it)"
+            return f"everything captured in {self.project} or below it"
         if self.mode == "before":
             return f"everything captured before {self.before.isoformat()}" if self.before else ""
-        return "ALL captured data"
+        return "all captured data"
 
 
 @dataclass

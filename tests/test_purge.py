@@ -296,7 +296,7 @@ def test_without_yes_on_a_non_interactive_stdin_it_refuses(store):
 def test_nothing_matching_is_not_an_error(store):
     result = purge("--session", "no-such-session")
     assert result.exit_code == 0
-    assert "nothing removed" in result.stdout
+    assert "Nothing to remove" in result.stdout
 
 
 def _ccrl_on_a_terminal(args: list[str], answer: bytes) -> subprocess.CompletedProcess:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ccrl.agent.config import get_settings
 
@@ -118,13 +119,14 @@ _LABELS = {
 }
 
 
-def _counts_table(title: str, counts: dict[str, int]) -> Table:
-    table = Table(title=title, show_header=False)
+def _counts_table(title: str, counts: dict[str, int]) -> Group:
+    # The title on a line of its own: the table is narrow, a project path may not be.
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
     for key, label in _LABELS.items():
         table.add_row(label, f"{counts[key]:,}")
-    return table
+    return Group(Text(title, style="bold"), table)
 
 
 def purge(
@@ -157,16 +159,15 @@ def purge(
         if as_json:
             _print_json({"target": target.mode, "dry_run": dry_run, "counts": preview, "vacuumed": [], "notes": []})
         elif plan.empty:
-            what = "Nothing is captured" if target.mode == "all" else f"Nothing captured matches {target.describe()}"
-            _out.print(f"{escape(what)}; nothing removed.")
+            _out.print(f"Nothing to remove ({escape(target.describe())}).")
         else:
-            _out.print(_counts_table(f"Would remove ({target.describe()})", preview))
+            _out.print(_counts_table(f"Would remove {target.describe()}:", preview))
         return
     if not yes:
         if not sys.stdin.isatty():
             _fail("purge deletes data for good and asks for confirmation, but stdin is not a terminal. "
                   "Re-run with --yes to confirm.")
-        _err.print(_counts_table(f"Purge {target.describe()}", preview))
+        _err.print(_counts_table(f"Purge {target.describe()}:", preview))
         if not typer.confirm("Delete this for good?", default=False, err=True):
             _err.print("Nothing removed.")
             raise typer.Exit(1)
@@ -180,7 +181,7 @@ def purge(
         _print_json({"target": target.mode, "dry_run": False, "counts": result.removed,
                      "vacuumed": result.vacuumed, "notes": result.notes})
         return
-    _out.print(_counts_table(f"Removed ({target.describe()})", result.removed))
+    _out.print(_counts_table(f"Removed {target.describe()}:", result.removed))
     if result.vacuumed:
         _out.print(f"Compacted: {', '.join(result.vacuumed)} (deleted text no longer on disk).")
     for note in result.notes:

@@ -209,7 +209,8 @@ def _render(record: dict[str, Any]) -> Group:
                 calls.append("\n   output: ")
                 calls.append(_clip(call["output"], _OUTPUT_CHARS), style="red" if call["is_error"] else "")
         parts.append(Panel(calls, title=f"tool calls ({len(record['tool_calls'])})", title_align="left"))
-    parts.append(Panel(Text(record["response"] or ""), title="response", title_align="left"))
+    response = Text(record["response"]) if record["response"] else Text("(no answer captured)", style="dim")
+    parts.append(Panel(response, title="response", title_align="left"))
     signals = record["signals"]
     parts.append(
         Panel(
