@@ -36,6 +36,10 @@ INSERT_SQL = "INSERT INTO inbox (received_at, payload) VALUES (?, ?)"
 HOOK_BUSY_TIMEOUT_S = 2.0
 # After the inbox stayed locked past that timeout, hooks spool without waiting for this long.
 BUSY_BACKOFF_S = 30.0
+# The hook checkpoints and truncates the WAL once it is this big (see ``append``), waiting at
+# most CHECKPOINT_WAIT_S for readers (the drain) to let it.
+WAL_TRUNCATE_BYTES = 256 * 1024
+CHECKPOINT_WAIT_S = 0.1
 
 # Connections the hook leaves open on purpose (see ``append``).
 _kept_open: list = []
@@ -65,10 +69,12 @@ def append(path: str, received_at: float, payload: bytes, timeout: float = HOOK_
     and the spool keeps the event until it is. ``synchronous=NORMAL`` in WAL mode commits
     without an fsync: an event survives the hook process dying, not a power cut.
 
-    ``keep_open``: the hook exits with ``os._exit`` right after, and leaving the connection
-    open skips the checkpoint SQLite runs when the last connection closes (and the WAL file's
-    deletion and re-creation by the next hook): about 1.7 ms per event. That is safe: the
-    commit is in the WAL, which the next connection reads; the drain checkpoints.
+    ``keep_open`` (the hook, which leaves with ``os._exit`` right after): closing the last
+    connection makes SQLite checkpoint, with two fsyncs, on every single event; under disk
+    load that is tens of milliseconds. Leaving it open is safe (the commit is in the WAL, and
+    the next connection reads it back), but then nothing ever resets the WAL: each hook would
+    re-read a WAL that keeps growing. So the hook truncates the WAL itself once it passes
+    ``WAL_TRUNCATE_BYTES``: one hook in a few dozen pays the fsyncs, the others read a small WAL.
     """
     conn = _sqlite().connect(_uri(path, "rw"), uri=True, timeout=timeout, isolation_level=None)
     try:
@@ -77,10 +83,17 @@ def append(path: str, received_at: float, payload: bytes, timeout: float = HOOK_
     except BaseException:
         conn.close()
         raise
-    if keep_open:
-        _kept_open.append(conn)
-    else:
+    if not keep_open:
         conn.close()
+        return
+    _kept_open.append(conn)
+    try:
+        if os.stat(path + "-wal").st_size > WAL_TRUNCATE_BYTES:
+            # The event is committed; this is housekeeping, so wait only briefly for readers.
+            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT_S * 1000)}")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except Exception:
+        pass  # the next hook tries again
 
 
 def _recently_locked(home: str, now: float) -> bool:

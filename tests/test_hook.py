@@ -245,3 +245,19 @@ def test_a_huge_payload_is_stored_whole_and_redacted(home):
     assert drain().stored == 1
     (stored,) = stored_events()
     assert stored.payload["tool_response"]["stdout"] == blob + "DB_PASSWORD=[REDACTED:secret]\n" + blob
+
+
+def test_the_inbox_wal_stays_small_across_hook_runs(home):
+    """Hooks leave their connection open (no checkpoint per event); the WAL must still be reset
+    regularly, or every hook would re-read an ever larger WAL."""
+    from ccrl.hooks.inbox import WAL_TRUNCATE_BYTES
+
+    ensure_local_stores()
+    wal = Path(str(paths.inbox_path()) + "-wal")
+    sizes = []
+    for n in range(40):
+        run_hook(event(tool_use_id=f"t{n}", tool_response={"stdout": "y" * 20_000}))
+        sizes.append(wal.stat().st_size if wal.exists() else 0)
+    assert sum(sizes) > 0 and max(sizes) <= WAL_TRUNCATE_BYTES + 128 * 1024
+    assert sizes.count(0) >= 2  # truncated more than once
+    assert drain().stored == 40
