@@ -223,12 +223,16 @@ def _store_one(conn: Connection, item: _Input, report: DrainReport, seen: set[st
         report.duplicates += 1
         return
     seen.add(key)
+    try:
+        # The hook redacted the raw payload already; this applies today's rules once more.
+        payload = redact_obj(event)
+    except RecursionError:
+        payload = event  # nested deeper than this walk goes: the hook's redaction stands
     values = {
         "event_key": key,
         "received_at": _as_datetime(item.received_at),
         "event": event["hook_event_name"],
-        # The hook redacted the payload already; this applies today's rules once more.
-        "payload": redact_obj(event),
+        "payload": payload,
     }
     values.update({name: _text_id(event.get(name)) for name in ID_FIELDS})
     if _insert_ignoring_duplicate(conn, values):

@@ -235,6 +235,20 @@ def test_one_row_the_store_rejects_is_quarantined_and_the_batch_is_stored(home):
     assert inbox_count() == 0
 
 
+def test_deeply_nested_events_are_stored_or_quarantined_never_raised(home):
+    deep = {"hook_event_name": "PostToolUse", "session_id": "s"}
+    node = deep
+    for _ in range(700):
+        node["x"] = {}
+        node = node["x"]
+    add_row(1760000000.0, json.dumps(deep).encode())
+    add_row(1760000001.0, b'{"hook_event_name": "Stop", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    add_row(1760000002.0, hook_event(1))
+    report = drain()
+    assert report.stored + report.quarantined == 3 and report.stored >= 2
+    assert inbox_count() == 0
+
+
 def test_payloads_are_redacted_again_at_drain(home):
     # As if written by an older hook with fewer rules, or by hand.
     add_row(1760000000.0, hook_event(1, tool_response={"stdout": "ghp_16C7e42F292c6912E7710c838347Ae178B4a"}))
