@@ -46,7 +46,10 @@ def read_stdin(idle: float = STDIN_IDLE_TIMEOUT_S, total: float = STDIN_TOTAL_TI
             wait = min(idle, deadline - time.monotonic())
             if wait <= 0 or not poller.poll(int(wait * 1000)):
                 break
-            chunk = os.read(0, 1 << 20)
+            try:
+                chunk = os.read(0, 1 << 20)
+            except BlockingIOError:  # a non-blocking stdin (Node hands out sockets) woke early
+                continue
             if not chunk:
                 break
             chunks.append(chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import stat
 import subprocess
 import sys
@@ -226,6 +227,25 @@ def test_a_stdin_that_never_closes_does_not_hang_the_session(home):
     (kept,) = stored_quarantine()
     assert kept.payload == partial  # what arrived is kept, with why it is unusable
     assert kept.reason == "invalid JSON at byte 54 (line 1, column 55): Unterminated string starting at"
+
+
+def test_stdin_as_a_non_blocking_socket_arriving_in_pieces(home):
+    """Node (Claude Code) gives a child its stdin as one end of a socket pair."""
+    ensure_local_stores()
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)  # O_NONBLOCK on the description the hook inherits
+    payload = event(tool_use_id="in-pieces", tool_response={"stdout": "z" * 300_000})
+    proc = subprocess.Popen(["/bin/sh", "-c", hook_command()], stdin=theirs.fileno(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    theirs.close()
+    ours.sendall(payload[:1000])
+    time.sleep(0.3)  # the hook has read the first piece and waits for more
+    ours.sendall(payload[1000:])
+    ours.shutdown(socket.SHUT_WR)
+    assert proc.wait(timeout=60) == 0 and proc.stdout.read() == b"" and proc.stderr.read() == b""
+    ours.close()
+    assert drain().stored == 1
+    assert stored_events()[0].payload == json.loads(payload)
 
 
 def test_closed_or_empty_stdin_and_closed_stdout(home):
