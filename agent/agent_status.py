@@ -37,7 +37,7 @@ def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
     state = read_state(settings)
     with session_scope(settings) as session:
         current = open_cycle(session)
-        th = threshold(session, settings.agent)
+        th = threshold(session, settings.agent, settings)
         cycles = session.exec(select(Cycle).order_by(Cycle.number.desc()).limit(recent)).all()  # type: ignore[attr-defined]
         runs = session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(recent)).all()  # type: ignore[union-attr]
         deployed = session.exec(

@@ -147,7 +147,9 @@ def child_main(argv: list[str] | None = None) -> int:
         error = f"{type(exc).__name__}: {exc}"
         if "out of memory" in str(exc).lower():
             error += " (out of memory: lower train.batch_size or use a smaller model)"
-        log.error("step failed", error=error, exc_info=True)
+        # ccrl's own errors explain themselves; a traceback is for the unexpected ones.
+        expected = type(exc).__module__.startswith("ccrl.")
+        log.error("step failed", error=error, exc_info=not expected)
         _write_result(args.result, {"ok": False, "error": error, "traceback": traceback.format_exc()[-8000:]})
         return EXIT_FAILED
     _write_result(args.result, {"ok": True, "result": result, "seconds": round(time.time() - started, 3)})
@@ -329,4 +331,8 @@ class ChildRunner:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main())
+    # Run in the imported module, not in __main__: the stop flag and the exception classes that
+    # steps use (ccrl.agent.child.stop_requested, StepStopped…) must be the same objects.
+    from ccrl.agent.child import child_main as _child_main
+
+    sys.exit(_child_main())

@@ -89,28 +89,55 @@ def plan_steps(number: int, agent: AgentSettings) -> dict[str, dict[str, Any]]:
 # Thresholds
 
 
-def _dataset_counter() -> Any:
-    """The dataset builder's count of usable traces, when that module is installed."""
+def _usable_filter() -> Any:
+    """The dataset builder's per-trace filter, when that module is installed."""
     try:
-        from ccrl.agent import datasets  # noqa: PLC0415
+        from ccrl.agent.dataset_filters import trace_filter
+        from ccrl.agent.signals import SIGNALS_VERSION, extract_signals
     except ImportError:
         return None
-    return getattr(datasets, "count_usable_traces", None)
+
+    def usable(trace: dict[str, Any], cfg: Any) -> bool:
+        stored = trace.get("signals") or {}
+        signals = stored if stored.get("version") == SIGNALS_VERSION else extract_signals(trace)
+        return trace_filter(trace, signals, cfg) is None
+
+    return usable
 
 
-def count_usable(session: Session, above_id: int = 0) -> tuple[int, str]:
-    """Usable traces with an id above ``above_id``, and how they were counted.
+def count_usable(session: Session, above_id: int = 0, settings: Settings | None = None) -> tuple[int, str]:
+    """Traces with an id above ``above_id`` that the dataset builder's per-trace filters keep
+    (multi-step, enough reasoning, complete, …), and a phrase saying what was counted.
 
-    Usable means "passes the dataset filters" when the dataset builder can say so; until it is
-    installed, completed traces are counted, and the basis says that.
+    The duplicate-prompt and length filters need the whole set or the rendered conversation and
+    are left to the build. Without the dataset builder, completed traces are counted, and the
+    phrase says so.
     """
-    counter = _dataset_counter()
-    if counter is not None:
-        return int(counter(session, above_id=above_id)), "usable traces (after the dataset filters)"
-    count = session.exec(
-        select(func.count()).select_from(Trace).where(Trace.id > above_id, Trace.status == "complete")
-    ).one()
-    return int(count), "completed traces (the dataset filters are not available yet)"
+    usable = _usable_filter()
+    if usable is None:
+        count = session.exec(
+            select(func.count()).select_from(Trace).where(Trace.id > above_id, Trace.status == "complete")
+        ).one()
+        return int(count), "completed traces (the dataset filters are not available yet)"
+    from sqlmodel import col
+
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.models import ToolCall
+    from ccrl.agent.records import trace_json
+
+    cfg = (settings or get_settings()).dataset
+    count, last = 0, above_id
+    while True:
+        page = list(session.exec(select(Trace).where(col(Trace.id) > last).order_by(col(Trace.id)).limit(500)))
+        if not page:
+            break
+        ids = [t.id for t in page]
+        calls: dict[int, list[ToolCall]] = {i: [] for i in ids}  # type: ignore[misc]
+        for call in session.exec(select(ToolCall).where(col(ToolCall.trace_id).in_(ids))):
+            calls[call.trace_id].append(call)
+        count += sum(1 for t in page if usable(trace_json(t, calls[t.id]), cfg))  # type: ignore[index]
+        last = ids[-1]  # type: ignore[assignment]
+    return count, "usable traces (after the dataset filters)"
 
 
 @dataclass
@@ -148,13 +175,13 @@ def open_cycle(session: Session) -> Cycle | None:
     ).first()
 
 
-def threshold(session: Session, agent: AgentSettings) -> Threshold:
-    """Whether a new cycle is due: traces above the last finished cycle's watermark, against
-    ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``."""
+def threshold(session: Session, agent: AgentSettings, settings: Settings | None = None) -> Threshold:
+    """Whether a new cycle is due: usable traces above the last finished cycle's watermark,
+    against ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``."""
     last = last_finished(session)
     base = (last.trace_watermark or 0) if last else 0
     required = agent.traces_per_training_cycle if last else agent.min_traces_for_sft
-    new, basis = count_usable(session, above_id=base)
+    new, basis = count_usable(session, above_id=base, settings=settings)
     return Threshold(due=new >= required, new=new, required=required, since_watermark=base, basis=basis,
                      first=last is None)
 
@@ -362,7 +389,7 @@ class CycleEngine:
         with session_scope(self.settings) as session:
             cycle = open_cycle(session)
             if cycle is None:
-                th = threshold(session, self.agent)
+                th = threshold(session, self.agent, self.settings)
                 if not (th.due or force) or th.new == 0:
                     # Forced or not, a cycle never retrains on exactly the data of the last one.
                     self._announce(f"idle: {th.new}/{th.required} {th.basis.split(' (')[0]} for the next cycle")
@@ -379,7 +406,7 @@ class CycleEngine:
             status="running",
             trigger=trigger,
             steps=plan_steps(number, self.agent),
-            usable_traces=th.new if th.first else count_usable(session)[0],
+            usable_traces=th.new if th.first else count_usable(session, settings=self.settings)[0],
             new_traces=th.new,
             trace_watermark=max_trace_id(session),
             config={

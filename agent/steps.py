@@ -44,6 +44,15 @@ def require(module: str, attr: str, what: str) -> Callable[..., Any]:
     return fn
 
 
+def _missing_extra(exc: ModuleNotFoundError, what: str) -> StepUnavailable | None:
+    """A ``StepUnavailable`` for a heavy package missing at run time, else None."""
+    missing = (exc.name or "").split(".")[0]
+    if missing in _EXTRA_FOR:
+        return StepUnavailable(f"{what} needs the '{missing}' package: install it with pip install "
+                               f"'ccrl[{_EXTRA_FOR[missing]}]'")
+    return None
+
+
 def _cycle(cycle_id: int, settings: Settings) -> Any:
     from ccrl.agent.db import session_scope
     from ccrl.agent.models import Cycle
@@ -59,32 +68,78 @@ def _cycle(cycle_id: int, settings: Settings) -> Any:
 def run_dataset(cycle: Any, settings: Settings) -> dict[str, Any]:
     """Build a new dataset version from every trace captured so far."""
     build = require("ccrl.agent.datasets", "build_dataset", "the dataset builder")
-    version = build(settings=settings)
-    return {"dataset_version_id": version.id, "number": version.number, "trace_count": version.trace_count}
+    from ccrl.agent.datasets import DatasetsMissing
+
+    try:
+        version = build(settings)
+    except DatasetsMissing as exc:
+        raise StepUnavailable(str(exc)) from None
+    return {"dataset_version_id": version.id, "number": version.number, "created": version.created,
+            "trace_count": version.trace_count, "train_count": version.train_count, "eval_count": version.eval_count}
+
+
+def _train(phase: str, what: str, cycle: Any, settings: Settings, **kwargs: Any) -> dict[str, Any]:
+    run_training = require("ccrl.agent.training", "run_training", what)
+    from ccrl.agent import training
+
+    if phase not in training.PHASES:
+        raise StepUnavailable(f"{what} (the {phase!r} phase of ccrl.agent.training) is not part of this installation yet")
+    try:
+        run = run_training(phase, dataset_version_id=cycle.dataset_version_id, cycle=cycle.number,
+                           settings=settings, **kwargs)
+    except ModuleNotFoundError as exc:
+        unavailable = _missing_extra(exc, what)
+        if unavailable is None:
+            raise
+        raise unavailable from None
+    return {"run_id": run.id, "base_model": run.base_model, "output_dir": run.output_dir,
+            "metrics": {k: v for k, v in (run.metrics or {}).items() if not isinstance(v, (dict, list))}}
 
 
 def run_sft(cycle: Any, settings: Settings) -> dict[str, Any]:
-    """SFT on the cycle's dataset version (resuming this cycle's run if it was interrupted)."""
-    train = require("ccrl.agent.training", "run_training", "the SFT trainer")
-    run = train(phase="sft", dataset_version_id=cycle.dataset_version_id, cycle=cycle.number, settings=settings)
-    return {"run_id": run.id, "metrics": run.metrics}
+    """SFT on the cycle's dataset version (an interrupted run of this cycle is resumed).
+
+    It continues from the accepted (deployed) model when there is one; ``[train] base_model``
+    only chooses the base for a start from scratch, so setting it never discards earlier gains.
+    """
+    require("ccrl.agent.training", "run_training", "the SFT trainer")
+    from ccrl.agent.training import accepted_model
+
+    base_model = settings.train.base_model if accepted_model(settings) is None else None
+    return _train("sft", "the SFT trainer", cycle, settings, base_model=base_model,
+                  max_steps=settings.train.max_steps)
 
 
 def run_rl(cycle: Any, settings: Settings) -> dict[str, Any]:
-    """The RL phase (GRPO) on top of this cycle's SFT run."""
-    train = require("ccrl.agent.training", "run_training", "the RL trainer")
-    require("ccrl.trainers.rl", "train_rl", "the RL trainer")
-    run = train(phase="rl", dataset_version_id=cycle.dataset_version_id, cycle=cycle.number,
-                parent_run_id=cycle.sft_run_id, settings=settings)
-    return {"run_id": run.id, "metrics": run.metrics}
+    """The RL phase (GRPO) on top of this cycle's SFT run (or the accepted model)."""
+    return _train("rl", "the RL trainer", cycle, settings, max_steps=settings.train.max_steps,
+                  **({"parent_run_id": cycle.sft_run_id} if cycle.sft_run_id else {}))
+
+
+def _progress_messages(label: str) -> Callable[[str], None]:
+    """Progress lines from export/deploy, shown as the unit's status and logged."""
+    from ccrl.agent.child import report_progress
+
+    def say(message: str) -> None:
+        report_progress(None, f"{label}: {message}")
+
+    return say
 
 
 def run_export(cycle: Any, settings: Settings) -> dict[str, Any]:
-    """Export the cycle's final model (RL if it ran, else SFT) to GGUF as a new model version."""
-    export = require("ccrl.agent.versions", "export_run", "the GGUF export")
+    """Export the cycle's final model (RL if it ran, else SFT) to a verified GGUF: a new
+    candidate model version (retention keeps ``keep_model_versions``)."""
+    export_run = require("ccrl.agent.versions", "export_run", "the GGUF export")
     run_id = cycle.rl_run_id or cycle.sft_run_id
-    version = export(run_id=run_id, settings=settings)
-    return {"model_version_id": version.id, "number": version.number}
+    try:
+        version = export_run(run_id, settings=settings, progress=_progress_messages("export"))
+    except ModuleNotFoundError as exc:
+        unavailable = _missing_extra(exc, "the GGUF export")
+        if unavailable is None:
+            raise
+        raise unavailable from None
+    return {"model_version_id": version.id, "number": version.number, "quant": version.quant,
+            "size_bytes": version.size_bytes, "run_id": run_id}
 
 
 def run_evaluate(cycle: Any, settings: Settings) -> dict[str, Any]:
@@ -95,10 +150,10 @@ def run_evaluate(cycle: Any, settings: Settings) -> dict[str, Any]:
 
 
 def run_deploy(cycle: Any, settings: Settings) -> dict[str, Any]:
-    """Register the cycle's model version with Ollama as cc-claude-agent."""
+    """Register the cycle's model version with Ollama as cc-claude-agent (:vN and :latest)."""
     deploy = require("ccrl.agent.deploy", "deploy_version", "the Ollama deploy")
-    version = deploy(model_version_id=cycle.model_version_id, settings=settings)
-    return {"model_version_id": version.id, "ollama_tag": version.ollama_tag}
+    version = deploy(cycle.model_version_id, settings=settings, progress=_progress_messages("deploy"))
+    return {"model_version_id": version.id, "number": version.number, "ollama_tag": version.ollama_tag}
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Any, Settings], dict[str, Any]]] = {

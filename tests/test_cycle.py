@@ -17,22 +17,16 @@ from ccrl.agent.cycle import (
     backoff_seconds,
     describe,
     finish,
+    max_trace_id,
     next_step,
     plan_steps,
     precondition,
     threshold,
 )
 from ccrl.agent.db import session_scope
-from ccrl.agent.models import Cycle, DatasetVersion, Session, Trace, utcnow
+from ccrl.agent.models import Cycle, DatasetVersion, utcnow
 
-
-def add_traces(settings: Settings, n: int, status: str = "complete", session_id: str = "s1") -> None:
-    with session_scope(settings) as db:
-        if db.get(Session, session_id) is None:
-            db.add(Session(id=session_id))
-        start = len(db.exec(Trace.__table__.select()).all())  # type: ignore[attr-defined]
-        for i in range(n):
-            db.add(Trace(session_id=session_id, key=f"k{start + i}", prompt=f"task {start + i}", status=status))
+from agent_helpers import add_unusable_traces, add_usable_traces
 
 
 def new_cycle(number: int = 1, agent: AgentSettings | None = None) -> Cycle:
@@ -70,32 +64,33 @@ def test_export_and_deploy_follow_their_switches():
 def test_first_cycle_at_min_traces_then_every_n_new(ccrl_home):
     settings = Settings()
     agent = settings.agent
-    add_traces(settings, 49)
-    add_traces(settings, 5, status="open")  # still in progress: not usable
+    add_usable_traces(settings, 49)
+    add_unusable_traces(settings, 6)  # still open, or no tool calls: the dataset filters drop them
     with session_scope(settings) as db:
         th = threshold(db, agent)
         assert (th.due, th.new, th.required, th.remaining, th.first) == (False, 49, 50, 1, True)
-    add_traces(settings, 1)
+    add_usable_traces(settings, 1)
     with session_scope(settings) as db:
         assert threshold(db, agent).due
         # The first cycle covered every trace stored when its dataset was built.
-        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=55))
+        watermark = max_trace_id(db)
+        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=watermark))
     with session_scope(settings) as db:
         th = threshold(db, agent)
-        assert (th.due, th.new, th.required, th.since_watermark, th.first) == (False, 0, 50, 55, False)
-    add_traces(settings, 49)
+        assert (th.due, th.new, th.required, th.since_watermark, th.first) == (False, 0, 50, watermark, False)
+    add_usable_traces(settings, 49)
     with session_scope(settings) as db:
         assert threshold(db, agent).new == 49 and not threshold(db, agent).due
-    add_traces(settings, 1)
+    add_usable_traces(settings, 1)
     with session_scope(settings) as db:
         assert threshold(db, agent).due
 
 
 def test_a_failed_cycle_waits_for_new_data(ccrl_home):
     settings = Settings()
-    add_traces(settings, 60)
+    add_usable_traces(settings, 60)
     with session_scope(settings) as db:
-        db.add(Cycle(number=1, status="failed", outcome="failed", steps={}, trace_watermark=60))
+        db.add(Cycle(number=1, status="failed", outcome="failed", steps={}, trace_watermark=max_trace_id(db)))
     with session_scope(settings) as db:
         th = threshold(db, settings.agent)
         assert (th.due, th.new, th.required) == (False, 0, 50)
@@ -104,13 +99,13 @@ def test_a_failed_cycle_waits_for_new_data(ccrl_home):
 def test_a_backlog_starts_one_cycle_on_all_of_it(ccrl_home):
     """500 imported traces: one cycle (its dataset covers all of them), not ten."""
     settings = Settings()
-    add_traces(settings, 500)
+    add_usable_traces(settings, 500)
     engine = CycleEngine(settings)
     first = engine.ensure_cycle()
     with session_scope(settings) as db:
         cycle = db.get(Cycle, first)
         assert (cycle.number, cycle.new_traces, cycle.usable_traces, cycle.trace_watermark) == (1, 500, 500, 500)
-    add_traces(settings, 60)  # more arrive while it runs: they wait for the next cycle
+    add_usable_traces(settings, 60)  # more arrive while it runs: they wait for the next cycle
     for _ in range(3):
         assert engine.ensure_cycle() == first  # the same cycle, resumed
     with session_scope(settings) as db:
@@ -119,9 +114,9 @@ def test_a_backlog_starts_one_cycle_on_all_of_it(ccrl_home):
 
 def test_no_new_traces_no_cycle_even_when_forced(ccrl_home):
     settings = Settings()
-    add_traces(settings, 10)
+    add_usable_traces(settings, 10)
     with session_scope(settings) as db:
-        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=10))
+        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=max_trace_id(db)))
     assert CycleEngine(settings).ensure_cycle(force=True) is None
     assert CycleEngine(settings).tick(force=True) is None
 
@@ -221,7 +216,7 @@ def test_nothing_trained_means_nothing_exported():
 
 def test_a_result_written_before_the_agent_died_is_recorded_not_redone(ccrl_home):
     settings = Settings()
-    add_traces(settings, 50)
+    add_usable_traces(settings, 50)
     with session_scope(settings) as db:
         version = DatasetVersion(number=1, path=str(ccrl_home / "datasets" / "v1"), trace_count=50)
         cycle = new_cycle(1)
@@ -246,7 +241,7 @@ def test_a_result_written_before_the_agent_died_is_recorded_not_redone(ccrl_home
 @pytest.mark.parametrize("status", ["running", "waiting", "blocked"])
 def test_only_one_cycle_is_open_at_a_time(ccrl_home, status):
     settings = Settings()
-    add_traces(settings, 120)
+    add_usable_traces(settings, 120)
     with session_scope(settings) as db:
         db.add(Cycle(number=1, status=status, steps=plan_steps(1, settings.agent), step="sft",
                      next_attempt_at=utcnow() + timedelta(hours=1) if status == "waiting" else None))

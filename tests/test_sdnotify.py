@@ -75,3 +75,55 @@ def test_watchdog_interval_is_half_of_watchdog_usec():
     # Meant for another process (e.g. inherited by a child): not ours to ping.
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
     assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_interval is None
+
+
+# -- the agent itself, as systemd runs it ---------------------------------------------------
+
+
+def _collect(sock: socket.socket, until, timeout: float = 60) -> list[dict[str, str]]:
+    import time
+
+    messages: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            messages.append(_fields(sock))
+        except TimeoutError:
+            break
+        if until(messages):
+            return messages
+    raise AssertionError(f"timed out; received: {messages}")
+
+
+def test_the_agent_speaks_sd_notify(ccrl_home, listener, tmp_path):
+    """`ccrl agent run` with NOTIFY_SOCKET and WATCHDOG_USEC set, as under Type=notify."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, sock = listener
+    ccrl = Path(sys.executable).parent / "ccrl"
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000",
+           "CCRL_AGENT__INGEST_INTERVAL_SECONDS": "0.5", "CCRL_AGENT__CYCLE_CHECK_INTERVAL_SECONDS": "1"}
+    env.pop("WATCHDOG_PID", None)
+    log = open(tmp_path / "agent.log", "w")  # noqa: SIM115
+    agent = subprocess.Popen([str(ccrl), "agent", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        got = _collect(sock, lambda m: sum("WATCHDOG" in x for x in m) >= 3
+                       and any(x.get("STATUS", "").startswith("idle:") for x in m))
+        ready = [m for m in got if m.get("READY") == "1"]
+        assert len(ready) == 1 and ready[0]["MAINPID"] == str(agent.pid)
+        assert any(m.get("STATUS") == "idle: 0/50 usable traces for the next cycle" for m in got)
+        agent.send_signal(signal.SIGTERM)
+        got = _collect(sock, lambda m: any(x.get("STOPPING") == "1" for x in m))
+        stopping = next(m for m in got if m.get("STOPPING") == "1")
+        assert stopping["STATUS"].startswith("stopping (SIGTERM)")
+        assert agent.wait(timeout=30) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        log.close()
+    assert "agent stopped" in (tmp_path / "agent.log").read_text()
