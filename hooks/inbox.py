@@ -98,7 +98,8 @@ def append(path: str, received_at: float, payload: bytes, timeout: float = HOOK_
 
 def _recently_locked(home: str, now: float) -> bool:
     try:
-        return now - os.stat(paths.busy_mark_path(home)).st_mtime < BUSY_BACKOFF_S
+        # 0 <= age: a mark from the future (the clock was set back) is no reason to keep spooling.
+        return 0 <= now - os.stat(paths.busy_mark_path(home)).st_mtime < BUSY_BACKOFF_S
     except OSError:
         return False
 

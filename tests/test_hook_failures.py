@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,17 @@ def test_locked_inbox_spools_after_the_busy_timeout_and_then_without_waiting(hom
     assert inbox_rows() == 1 and all_spool_files() == []
     assert drain().stored == 1
     assert_stored_exactly(range(4))
+
+
+def test_a_stale_or_future_busy_mark_is_ignored(home):
+    ensure_local_stores()
+    mark = Path(paths.busy_mark_path())
+    for offset in (-3600, +3600):  # expired; or from the future (the clock was set back)
+        mark.touch()
+        os.utime(mark, (time.time() + offset, time.time() + offset))
+        run_hook(event(0 if offset < 0 else 1))
+    assert inbox_rows() == 2 and all_spool_files() == []
+    assert drain().stored == 2
 
 
 def test_read_only_inbox(home):
