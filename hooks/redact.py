@@ -85,7 +85,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
 _CODE_WORDS = frozenset(
     "true false none null nil undefined lambda function new await async self this cls "
     "str string bytes int bool float dict list optional secretstr any object char void "
-    "required optional default".split()
+    "required default".split()
 )
 # Prefixes that make a *_key name a secret even in lower case (api_key, secret_key ...).
 _STRONG_KEY_WORDS = ("api", "secret", "access", "private", "auth", "encrypt", "sign", "master",
