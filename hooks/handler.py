@@ -19,9 +19,12 @@ else:  # imported by hooks/capture.py run by path: siblings are top-level module
     from redact import redact_bytes
 
 # Claude Code writes the whole payload and closes the pipe at once. A writer that goes quiet
-# (or never closes) must not hang the session: keep what arrived and move on.
-STDIN_IDLE_TIMEOUT_S = 2.0
-STDIN_TOTAL_TIMEOUT_S = 10.0
+# (or never closes) must not hang the session: keep what arrived and move on (the drain then
+# quarantines the truncated payload). Worst case, with the inbox's 2 s busy timeout and the
+# spool after it, the hook still ends well inside the 10 s timeout ``ccrl hooks install``
+# gives it, past which Claude Code would kill it and the event would be lost.
+STDIN_IDLE_TIMEOUT_S = 3.0
+STDIN_TOTAL_TIMEOUT_S = 6.0
 # Stored instead of a payload whose redaction failed: no secret reaches disk, and the drain
 # quarantines the event with this reason instead of losing all trace of it.
 REDACTION_FAILED = b"\x00ccrl: redaction failed"
