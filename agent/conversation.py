@@ -648,15 +648,18 @@ def render_workflow(reasoning: list[str], plan: list[PlanStep], response: str) -
     return "\n".join(lines)
 
 
-def workflow_text(trace: dict[str, Any], *, argument_max_chars: int = WORKFLOW_ARGUMENT_MAX_CHARS) -> str:
-    """The reference completion of a trace in the workflow format (raises ConversionError)."""
+def workflow_text(trace: dict[str, Any], *, argument_max_chars: int = WORKFLOW_ARGUMENT_MAX_CHARS,
+                  signals: dict[str, Any] | None = None) -> str:
+    """The reference completion of a trace in the workflow format (raises ConversionError).
+    ``signals``: the trace's ``extract_signals`` result, when already at hand."""
     _check_prompt(trace)
     steps = _checked_steps(trace)
     turns = split_turns(steps)
     answer = _final_answer(trace, steps, turns)
     if not answer:
         raise ConversionError("empty_response", "the trace has no final answer")
-    reasoning = [item["text"] for item in reasoning_chain(trace)[:WORKFLOW_MAX_REASONING_ITEMS]]
+    chain = signals["reasoning_chain"] if signals is not None else reasoning_chain(trace)
+    reasoning = [item["text"] for item in chain[:WORKFLOW_MAX_REASONING_ITEMS]]
     plan = []
     for turn in turns:
         if not turn.calls:
@@ -680,9 +683,10 @@ def prompt_messages(trace: dict[str, Any], *, tools: list[dict[str, Any]] | None
 
 
 def trace_to_workflow(trace: dict[str, Any], *, tools: list[dict[str, Any]] | None = None,
-                      argument_max_chars: int = WORKFLOW_ARGUMENT_MAX_CHARS) -> list[dict[str, Any]]:
+                      argument_max_chars: int = WORKFLOW_ARGUMENT_MAX_CHARS,
+                      signals: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """A trace in the workflow format: system, user, one assistant message holding the plan."""
-    completion = workflow_text(trace, argument_max_chars=argument_max_chars)
+    completion = workflow_text(trace, argument_max_chars=argument_max_chars, signals=signals)
     return [*prompt_messages(trace, tools=tools, fmt=WORKFLOW), {"role": "assistant", "content": completion}]
 
 

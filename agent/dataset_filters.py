@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from ccrl.agent.dataset_config import DatasetSettings
-from ccrl.agent.signals import answer_steps, step_text, trace_steps
+from ccrl.agent.signals import TraceView, step_text, view
 
 REDACTION_MARKER = re.compile(r"\[REDACTED[:_\]]")
 
@@ -33,36 +33,37 @@ FILTERS: dict[str, tuple[str, str]] = {
 }
 
 
-def reasoning_chars(trace: dict[str, Any]) -> int:
+def reasoning_chars(trace: dict[str, Any] | TraceView) -> int:
     """Characters of Claude's thinking and text before its final answer."""
-    steps = trace_steps(trace)
-    answer = answer_steps(steps)
-    return sum(len(step_text(s).strip()) for i, s in enumerate(steps) if i not in answer)
+    v = view(trace)
+    return sum(len(step_text(s).strip()) for i, s in enumerate(v.steps) if i not in v.answer)
 
 
-def has_assistant_output(trace: dict[str, Any]) -> bool:
+def has_assistant_output(trace: dict[str, Any] | TraceView) -> bool:
     """Whether Claude said or called anything in this trace."""
-    for step in trace_steps(trace):
-        if step.get("kind") == "tool_use" or step_text(step).strip():
-            return True
-    response = trace.get("response")
+    v = view(trace)
+    if v.said or any(step.get("kind") == "tool_use" for step in v.steps):
+        return True
+    response = v.trace.get("response")
     return isinstance(response, str) and bool(response.strip())
 
 
-def trace_filter(trace: dict[str, Any], signals: dict[str, Any], cfg: DatasetSettings) -> str | None:
+def trace_filter(trace: dict[str, Any] | TraceView, signals: dict[str, Any], cfg: DatasetSettings) -> str | None:
     """The name of the first per-trace filter that drops ``trace``, or None to keep it."""
+    v = view(trace)
+    trace = v.trace
     if not cfg.include_subagents and (trace.get("parent_id") is not None or trace.get("agent_id")):
         return "subagent"
     if cfg.drop_incomplete and trace.get("status") != "complete":
         return "incomplete"
     prompt = trace.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip() or not has_assistant_output(trace):
+    if not isinstance(prompt, str) or not prompt.strip() or not has_assistant_output(v):
         return "empty"
     if cfg.drop_redacted_prompts and REDACTION_MARKER.search(prompt):
         return "redacted_prompt"
     if len(signals.get("tool_sequence") or []) < cfg.min_tool_calls:
         return "too_few_tool_calls"
-    if (reasoning_chars(trace) < cfg.min_reasoning_chars
+    if (reasoning_chars(v) < cfg.min_reasoning_chars
             or len(signals.get("reasoning_chain") or []) < cfg.min_reasoning_steps):
         return "too_little_reasoning"
     return None
@@ -121,8 +122,9 @@ class PromptDeduper:
 
     Exact duplicates by a hash of the normalised prompt. Near duplicates by Jaccard similarity
     of words and word pairs: MinHash signatures in a band index (LSH) find the candidates in a
-    few lookups however many prompts were kept, and the signature agreement decides. Memory:
-    about 0.7 KB per kept prompt of eight words or more.
+    few lookups however many prompts were kept, and the signature agreement decides (a band
+    key collision only adds a candidate, never a verdict). Memory: about 2 KB per kept prompt
+    of eight words or more, a few dozen bytes per shorter one.
     """
 
     def __init__(self, cfg: DatasetSettings) -> None:
@@ -130,11 +132,14 @@ class PromptDeduper:
         self.exact: set[bytes] = set()
         self.hasher: MinHasher | None = None
         self.signatures: list[Any] = []
-        self.index: dict[tuple[int, bytes], list[int]] = {}
+        self.index: dict[int, int | list[int]] = {}  # band key -> kept prompt(s)
 
-    def _bands(self, signature: Any) -> list[tuple[int, bytes]]:
-        rows = len(signature) // MINHASH_BANDS
-        return [(n, signature[n * rows:(n + 1) * rows].tobytes()) for n in range(MINHASH_BANDS)]
+    def _band_keys(self, signature: Any) -> list[int]:
+        np = self.hasher.np
+        rows = signature.reshape(MINHASH_BANDS, -1).astype(np.uint64)
+        mix = np.arange(1, rows.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        keys = (rows * mix).sum(axis=1, dtype=np.uint64) ^ (np.arange(MINHASH_BANDS, dtype=np.uint64) << np.uint64(58))
+        return keys.tolist()
 
     def check_and_add(self, prompt: str) -> str | None:
         """``duplicate_prompt`` / ``near_duplicate_prompt`` if ``prompt`` repeats a kept one;
@@ -143,19 +148,30 @@ class PromptDeduper:
         digest = hashlib.blake2b(normalised.encode(), digest_size=16).digest()
         if self.cfg.drop_duplicate_prompts and digest in self.exact:
             return "duplicate_prompt"
-        signature = None
+        signature = keys = None
         if (self.cfg.drop_near_duplicate_prompts
                 and len(_WORD.findall(normalised)) >= self.cfg.near_duplicate_min_words):
             self.hasher = self.hasher or MinHasher()
-            signature = self.hasher.signature(prompt_features(normalised[:4000]))
-            bands = self._bands(signature)
-            candidates = {i for key in bands for i in self.index.get(key, ())}
+            signature = self.hasher.signature(prompt_features(normalised[:4000])).astype(self.hasher.np.uint32)
+            keys = self._band_keys(signature)
+            candidates: set[int] = set()
+            for key in keys:
+                found = self.index.get(key)
+                if found is not None:
+                    candidates.update(found if isinstance(found, list) else (found,))
             for i in sorted(candidates):
                 if float((self.signatures[i] == signature).mean()) >= self.cfg.near_duplicate_similarity:
                     return "near_duplicate_prompt"
         self.exact.add(digest)
-        if signature is not None:
+        if signature is not None and keys is not None:
+            number = len(self.signatures)
             self.signatures.append(signature)
-            for key in self._bands(signature):
-                self.index.setdefault(key, []).append(len(self.signatures) - 1)
+            for key in keys:
+                found = self.index.get(key)
+                if found is None:
+                    self.index[key] = number
+                elif isinstance(found, list):
+                    found.append(number)
+                else:
+                    self.index[key] = [found, number]
         return None

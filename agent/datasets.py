@@ -40,11 +40,12 @@ from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.dataset_card import BuildStats, render_card
 from ccrl.agent.dataset_config import DatasetSettings
 from ccrl.agent.dataset_filters import PromptDeduper, trace_filter
-from ccrl.agent.signals import SIGNALS_VERSION, extract_signals
+from ccrl.agent.signals import SIGNALS_VERSION, extract_signals, view
 
 BUILDER_VERSION = 1
 HASH_SPACE = 1 << 32
 JSONL_FILES = ("train.jsonl", "eval.jsonl", "rl_prompts.train.jsonl", "rl_prompts.eval.jsonl")
+WRITER_BATCH_SIZE = 100  # rows per Arrow record batch: trajectories are large, keep batches small
 INSTALL_HINT = "pip install 'ccrl[train]'"
 
 
@@ -245,7 +246,8 @@ def _dataset_dict(datasets: Any, folder: Path, files: dict[str, Path], features:
             shards[split] = 1
         else:
             splits[split] = datasets.Dataset.from_generator(
-                _jsonl_rows, features=features, cache_dir=str(cache), gen_kwargs={"path": str(path)})
+                _jsonl_rows, features=features, cache_dir=str(cache), gen_kwargs={"path": str(path)},
+                writer_batch_size=WRITER_BATCH_SIZE)
     datasets.DatasetDict(splits).save_to_disk(str(folder), num_shards=shards or None)
 
 
@@ -285,7 +287,8 @@ def _convert(trace: dict[str, Any], signals: dict[str, Any], tools: list[dict[st
             "parent_id": trace.get("parent_id"), "tools": tools_text}
     trajectory = conv.trace_to_messages(trace, tools=tools, tool_result_tokens=cfg.tool_result_tokens)
     decisions = conv.next_action_decisions(trajectory)
-    workflow = conv.trace_to_workflow(trace, tools=tools, argument_max_chars=cfg.workflow_argument_max_chars)
+    workflow = conv.trace_to_workflow(trace, tools=tools, argument_max_chars=cfg.workflow_argument_max_chars,
+                                      signals=signals)
     tokens = trajectory_tokens(trajectory if conv.TRAJECTORY in formats else workflow)
     rows = []
     for fmt, messages in ((conv.TRAJECTORY, trajectory), (conv.WORKFLOW, workflow)):
@@ -385,17 +388,22 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
 
     stats = BuildStats()
     dedupe = PromptDeduper(cfg)
+    tools_cache: dict[frozenset[str], list[dict[str, Any]]] = {}  # most traces share one list
     sessions: dict[str, tuple[int, int]] = {}
     candidates = staging / "candidates.jsonl"
     with open(candidates, "w", encoding="utf-8") as fh:
         for trace in iter_traces(settings, cfg.page_size):
             stats.traces_seen += 1
-            signals = extract_signals(trace)
-            reason = trace_filter(trace, signals, cfg)
+            trace_view = view(trace)
+            signals = extract_signals(trace_view)
+            reason = trace_filter(trace_view, signals, cfg)
             if reason:
                 stats.drop(reason)
                 continue
-            tools = catalog.tools(only=top_tools | set(signals["tool_sequence"]))
+            names = frozenset(top_tools | set(signals["tool_sequence"]))
+            if names not in tools_cache:
+                tools_cache[names] = catalog.tools(only=set(names))
+            tools = tools_cache[names]
             try:
                 converted = _convert(trace, signals, tools, formats, cfg)
             except conv.ConversionError as exc:
@@ -413,8 +421,11 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
             _b, held = sessions.get(session_id, (bucket, 0))
             sessions[session_id] = (bucket, held + converted.decisions)
             stats.keep(trace, signals, converted.tokens)
-            fh.write(_dumps({"bucket": bucket, "session_id": session_id, "decisions": converted.decisions,
-                             "rows": converted.rows, "rl": converted.rl}) + "\n")
+            # "bucket <tab> decisions <tab> kind <tab> row JSON": the split is decided after the
+            # pass, and the rows are serialised once (JSON escapes tabs inside strings).
+            for row in converted.rows:
+                fh.write(f"{bucket}\t{converted.decisions}\t{row['format']}\t{_dumps(row)}\n")
+            fh.write(f"{bucket}\t{converted.decisions}\trl\t{_dumps(converted.rl)}\n")
 
     if stats.kept == 0:
         summary = stats.as_dict()
@@ -438,15 +449,16 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
     try:
         with open(candidates, encoding="utf-8") as fh:
             for line in fh:
-                item = json.loads(line)
-                split = "eval" if item["bucket"] < threshold else "train"
-                stats.split_traces[split] += 1
-                stats.split_decisions[split] += item["decisions"]
-                stats.rl_prompts[split] += 1
-                for row in item["rows"]:
-                    stats.split_rows[f"{split}/{row['format']}"] += 1
-                    handles[f"{split}.jsonl"].write(_dumps(row) + "\n")
-                handles[f"rl_prompts.{split}.jsonl"].write(_dumps(item["rl"]) + "\n")
+                bucket, decisions, kind, payload = line.split("\t", 3)
+                split = "eval" if int(bucket) < threshold else "train"
+                if kind == "rl":  # one per trace
+                    stats.split_traces[split] += 1
+                    stats.split_decisions[split] += int(decisions)
+                    stats.rl_prompts[split] += 1
+                    handles[f"rl_prompts.{split}.jsonl"].write(payload)
+                else:
+                    stats.split_rows[f"{split}/{kind}"] += 1
+                    handles[f"{split}.jsonl"].write(payload)
     finally:
         for handle in handles.values():
             handle.close()

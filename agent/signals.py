@@ -195,17 +195,37 @@ def sentences(text: str, step: int) -> list[Sentence]:
     return out
 
 
-def claude_sentences(steps: list[dict[str, Any]], *, include_answer: bool = True) -> list[Sentence]:
-    """Every sentence from thinking and text steps, in order (never from tool results)."""
-    skip = set() if include_answer else answer_steps(steps)
-    out: list[Sentence] = []
+@dataclass
+class TraceView:
+    """What every extractor needs from one trace, computed once: its steps, turns, answer
+    steps, failed call ids and Claude's sentences (those of the final answer flagged)."""
+
+    trace: dict[str, Any]
+    steps: list[dict[str, Any]]
+    turns: list[Turn]
+    answer: set[int]
+    failed: set[str]
+    said: list[Sentence]  # every sentence of thinking and text steps, in order
+
+    @property
+    def before_answer(self) -> list[Sentence]:
+        return [s for s in self.said if s.step not in self.answer]
+
+
+def view(trace: dict[str, Any] | TraceView) -> TraceView:
+    """The ``TraceView`` of a trace (a view passes through unchanged)."""
+    if isinstance(trace, TraceView):
+        return trace
+    steps = trace_steps(trace)
+    turns = split_turns(steps)
+    answer = ({i for i in turns[-1].texts if steps[i].get("kind") == "text"}
+              if turns and not turns[-1].calls else set())
+    said: list[Sentence] = []
     for index, step in enumerate(steps):
-        if index in skip:
-            continue
         text = step_text(step)
         if text.strip():
-            out.extend(sentences(text, index))
-    return out
+            said.extend(sentences(text, index))
+    return TraceView(trace, steps, turns, answer, _failed_ids(trace, steps), said)
 
 
 def _items(found: list[Sentence], kind: str | None = None) -> list[dict[str, Any]]:
@@ -319,13 +339,13 @@ def _file_path(tool_input: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def tool_sequence(trace: dict[str, Any]) -> list[str]:
+def tool_sequence(trace: dict[str, Any] | TraceView) -> list[str]:
     """Tool names in call order (parallel calls in the order Claude wrote them)."""
-    names = [str(s.get("name") or "") for s in trace_steps(trace) if s.get("kind") == "tool_use"]
+    names = [str(s.get("name") or "") for s in view(trace).steps if s.get("kind") == "tool_use"]
     return [n for n in names if n]
 
 
-def tool_transitions(trace: dict[str, Any]) -> dict[str, int]:
+def tool_transitions(trace: dict[str, Any] | TraceView) -> dict[str, int]:
     """How often each tool followed another: ``{"Read -> Edit": 2, …}`` (sorted keys)."""
     seq = tool_sequence(trace)
     counts = Counter(f"{a} -> {b}" for a, b in zip(seq, seq[1:]))
@@ -343,13 +363,11 @@ _PLAN_START = re.compile(
 )
 
 
-def reasoning_chain(trace: dict[str, Any]) -> list[dict[str, Any]]:
+def reasoning_chain(trace: dict[str, Any] | TraceView) -> list[dict[str, Any]]:
     """The plan's steps in order: sentences that start with an ordinal or an intention
     ("First…", "Then…", "Next…", "Let me…", "I'll…") and numbered list items, from thinking
     and text steps before the final answer."""
-    steps = trace_steps(trace)
-    found = [s for s in claude_sentences(steps, include_answer=False)
-             if s.numbered or _PLAN_START.match(s.text)]
+    found = [s for s in view(trace).before_answer if s.numbered or _PLAN_START.match(s.text)]
     return _items(found)
 
 
@@ -368,14 +386,13 @@ _CONSTRAINT = [
     re.compile(r"\b(?:read-only|leave \S+(?: \S+)? (?:alone|unchanged|as is)|keep \S+(?: \S+)? "
                r"(?:unchanged|intact))\b", re.I),
 ]
+_CONSTRAINT_RX = re.compile("|".join(f"(?:{rx.pattern})" for rx in _CONSTRAINT), re.IGNORECASE)
 
 
-def constraints(trace: dict[str, Any]) -> list[dict[str, Any]]:
+def constraints(trace: dict[str, Any] | TraceView) -> list[dict[str, Any]]:
     """Rules Claude states for itself: orderings ("must check X before Y"), prohibitions
     ("don't modify…"), safeguards ("make sure…", "without breaking…")."""
-    steps = trace_steps(trace)
-    found = [s for s in claude_sentences(steps) if any(rx.search(s.text) for rx in _CONSTRAINT)]
-    return _items(found)
+    return _items([s for s in view(trace).said if _CONSTRAINT_RX.search(s.text)])
 
 
 _PRUNING = [
@@ -392,14 +409,13 @@ _PRUNING = [
                r"(?:enough|sufficient))\b", re.I),
     re.compile(r"\b(?:ignore|ignoring)\b[^.]*\b(?:because|since|as)\b", re.I),
 ]
+_PRUNING_RX = re.compile("|".join(f"(?:{rx.pattern})" for rx in _PRUNING), re.IGNORECASE)
 
 
-def pruning(trace: dict[str, Any]) -> list[dict[str, Any]]:
+def pruning(trace: dict[str, Any] | TraceView) -> list[dict[str, Any]]:
     """Decisions not to do something or to stop exploring: "skipping Z because…",
     "not needed", "out of scope", "I have enough context"."""
-    steps = trace_steps(trace)
-    found = [s for s in claude_sentences(steps) if any(rx.search(s.text) for rx in _PRUNING)]
-    return _items(found)
+    return _items([s for s in view(trace).said if _PRUNING_RX.search(s.text)])
 
 
 _STATED_CORRECTION = [
@@ -415,6 +431,7 @@ _STATED_CORRECTION = [
                r"(?:that|this|it) failed|ah,? i see|i see the (?:issue|problem|mistake)|"
                r"wasn't (?:created|applied|saved) (?:properly|correctly))\b", re.I),
 ]
+_STATED_CORRECTION_RX = re.compile("|".join(f"(?:{rx.pattern})" for rx in _STATED_CORRECTION), re.IGNORECASE)
 
 _EDIT_LINE_MIN = 4
 
@@ -450,7 +467,7 @@ def _failed_ids(trace: dict[str, Any], steps: list[dict[str, Any]]) -> set[str]:
     return failed
 
 
-def self_corrections(trace: dict[str, Any]) -> list[dict[str, Any]]:
+def self_corrections(trace: dict[str, Any] | TraceView) -> list[dict[str, Any]]:
     """Where Claude corrects itself, in step order:
 
     - ``stated``: its words say so ("Actually, let me…", "I apologize…", "let me try again");
@@ -461,11 +478,10 @@ def self_corrections(trace: dict[str, Any]) -> list[dict[str, Any]]:
       earlier edit or write of the same file in this trace introduced, or the file is written
       whole again.
     """
-    steps = trace_steps(trace)
-    items = _items([s for s in claude_sentences(steps)
-                    if any(rx.search(s.text) for rx in _STATED_CORRECTION)], "stated")
-    failed = _failed_ids(trace, steps)
-    turn_of = {i: n for n, turn in enumerate(split_turns(steps)) for i in turn.calls}
+    v = view(trace)
+    steps, failed = v.steps, v.failed
+    items = _items([s for s in v.said if _STATED_CORRECTION_RX.search(s.text)], "stated")
+    turn_of = {i: n for n, turn in enumerate(v.turns) for i in turn.calls}
     calls = [(i, s) for i, s in enumerate(steps) if s.get("kind") == "tool_use"]
     actions: list[dict[str, Any]] = []
 
@@ -514,13 +530,13 @@ def self_corrections(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return merged[:MAX_ITEMS]
 
 
-def _tool_counts(trace: dict[str, Any]) -> dict[str, Any]:
-    steps = trace_steps(trace)
+def _tool_counts(trace: dict[str, Any] | TraceView) -> dict[str, Any]:
+    v = view(trace)
+    steps, failed_ids, turns = v.steps, v.failed, v.turns
     explore = change = failed = 0
     files_read: set[str] = set()
     files_changed: set[str] = set()
     names: set[str] = set()
-    failed_ids = _failed_ids(trace, steps)
     n_calls = 0
     for step in steps:
         if step.get("kind") != "tool_use":
@@ -538,7 +554,6 @@ def _tool_counts(trace: dict[str, Any]) -> dict[str, Any]:
             files_read.add(path)
         elif path and category == "change":
             files_changed.add(path)
-    turns = split_turns(steps)
     return {
         "files_touched": len(files_read | files_changed),
         "files_read": len(files_read),
@@ -553,7 +568,7 @@ def _tool_counts(trace: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def complexity(trace: dict[str, Any]) -> dict[str, int]:
+def complexity(trace: dict[str, Any] | TraceView) -> dict[str, int]:
     """Size of the task: files touched (read or changed), assistant turns (``steps``), tool
     calls, distinct tools, exploring vs changing calls, failed calls, parallel batches."""
     return _tool_counts(trace)
@@ -577,27 +592,28 @@ def depth_from_counts(explore_calls: int, change_calls: int) -> str:
     return "moderate"
 
 
-def exploration_depth(trace: dict[str, Any]) -> str:
+def exploration_depth(trace: dict[str, Any] | TraceView) -> str:
     """``minimal`` / ``moderate`` / ``thorough``: reads and searches relative to changes."""
     counts = _tool_counts(trace)
     return depth_from_counts(counts["explore_calls"], counts["change_calls"])
 
 
-def extract_signals(trace: dict[str, Any]) -> dict[str, Any]:
+def extract_signals(trace: dict[str, Any] | TraceView) -> dict[str, Any]:
     """All signals of one trace, the JSON-able dict stored in ``Trace.signals``.
 
     Never raises on odd input: missing fields, non-dict steps or non-object tool inputs are
     treated as absent.
     """
-    counts = _tool_counts(trace)
+    v = view(trace)
+    counts = _tool_counts(v)
     return {
         "version": SIGNALS_VERSION,
-        "tool_sequence": tool_sequence(trace),
-        "tool_transitions": tool_transitions(trace),
-        "reasoning_chain": reasoning_chain(trace),
-        "constraints": constraints(trace),
-        "pruning": pruning(trace),
-        "self_corrections": self_corrections(trace),
+        "tool_sequence": tool_sequence(v),
+        "tool_transitions": tool_transitions(v),
+        "reasoning_chain": reasoning_chain(v),
+        "constraints": constraints(v),
+        "pruning": pruning(v),
+        "self_corrections": self_corrections(v),
         "exploration_depth": depth_from_counts(counts["explore_calls"], counts["change_calls"]),
         "complexity": counts,
     }
