@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from ccrl.agent.dataset_config import DatasetSettings
+from ccrl.agent.eval_config import EvalSettings
 from ccrl.hooks import paths
 
 
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training knobs.")
     reward: RewardSettings = Field(default_factory=RewardSettings, description="Reward weights.")
     dataset: DatasetSettings = Field(default_factory=DatasetSettings, description="Dataset builder filters and split.")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="Offline evaluation and the deployment gate.")
 
     @classmethod
     def settings_customise_sources(

@@ -207,6 +207,45 @@ def m003_cycles(conn: Connection) -> None:
     md.tables["cycles"].create(conn)
 
 
+@migration
+def m004_evaluations_and_ab_votes(conn: Connection) -> None:
+    """Offline evaluation results (one row per model or baseline scored) and blind A/B votes."""
+    md = MetaData()
+    md.reflect(conn, only=["dataset_versions", "training_runs", "model_versions"])
+    Table(
+        "evaluations", md,
+        Column("id", Integer, primary_key=True),
+        Column("dataset_version_id", Integer, ForeignKey("dataset_versions.id"), index=True),
+        Column("model_version_id", Integer, ForeignKey("model_versions.id"), index=True),
+        Column("training_run_id", Integer, ForeignKey("training_runs.id"), index=True),
+        Column("subject", String, nullable=False),
+        Column("kind", String, nullable=False),
+        Column("backend", String, nullable=False),
+        Column("model_path", String),
+        Column("weights_sha256", String),
+        Column("metrics", JSON, nullable=False),
+        Column("config", JSON, nullable=False),
+        Column("details_path", String),
+        Column("seconds", Float, nullable=False),
+        Column("created_at", DateTime, nullable=False),
+    )
+    Table(
+        "ab_votes", md,
+        Column("id", Integer, primary_key=True),
+        Column("evaluation_id", Integer, ForeignKey("evaluations.id"), nullable=False, index=True),
+        Column("model_version_id", Integer, ForeignKey("model_versions.id")),
+        Column("training_run_id", Integer, ForeignKey("training_runs.id")),
+        Column("trace_id", Integer),
+        Column("claude_position", Integer, nullable=False),
+        Column("guess", Integer, nullable=False),
+        Column("correct", Boolean, nullable=False),
+        Column("seconds", Float),
+        Column("created_at", DateTime, nullable=False),
+    )
+    md.tables["evaluations"].create(conn)
+    md.tables["ab_votes"].create(conn)
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

@@ -212,3 +212,44 @@ class Cycle(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+class Evaluation(SQLModel, table=True):
+    """One subject scored on a dataset version's held-out split (``ccrl eval``, the gate): a
+    model (the candidate, its GGUF, the base, the deployed version, an RL run's SFT parent) or a
+    learn-nothing baseline. ``details_path`` holds the per-decision results and generated plans."""
+
+    __tablename__ = "evaluations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_version_id: int | None = Field(default=None, foreign_key="dataset_versions.id", index=True)
+    model_version_id: int | None = Field(default=None, foreign_key="model_versions.id", index=True)
+    training_run_id: int | None = Field(default=None, foreign_key="training_runs.id", index=True)
+    subject: str = Field(description="candidate, candidate-gguf, base, deployed, rl-parent, most_frequent or bigram")
+    kind: str = Field(description="model or baseline")
+    backend: str = Field(description="hf, gguf or baseline")
+    model_path: str | None = None
+    weights_sha256: str | None = Field(default=None, description="Digest of the weights actually evaluated")
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    details_path: str | None = None
+    seconds: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ABVote(SQLModel, table=True):
+    """One blind A/B vote (``ccrl ab``): which of two plans for a held-out prompt the person took
+    for Claude's. ``claude_position`` and ``guess`` are 1 or 2 (the order shown)."""
+
+    __tablename__ = "ab_votes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: int = Field(foreign_key="evaluations.id", index=True)
+    model_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    training_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    trace_id: int | None = Field(default=None, description="The held-out trace the prompt came from")
+    claude_position: int
+    guess: int
+    correct: bool
+    seconds: float | None = Field(default=None, description="Time the person took to decide")
+    created_at: datetime = Field(default_factory=utcnow)
