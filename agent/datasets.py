@@ -373,6 +373,9 @@ def build_dataset(settings: Settings | None = None, *, fmt: str | None = None, o
         _check_out_dir(out_path)
     lock = FileLock(versions_dir / ".build.lock", name="dataset build")
     with lock.hold("ccrl build-dataset", wait=True, timeout=600):
+        # Holding the lock, any staging folder left here is from a build that was killed.
+        for stale in versions_dir.glob(".ccrl-staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging_parent = out_path.parent if out_path else versions_dir
         ensure_private_dir(staging_parent)
         staging = staging_parent / f".ccrl-staging-{uuid.uuid4().hex[:12]}"

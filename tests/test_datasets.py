@@ -204,6 +204,17 @@ def test_rebuild_without_new_traces_is_identical(ccrl_home):
         assert [v.number for v in db.exec(select(DatasetVersion))] == [1, 2]
 
 
+def test_a_killed_builds_staging_folder_is_cleaned_up(ccrl_home):
+    store([good_trace("s1", "a good task to learn from")])
+    stale = ccrl_home / "datasets" / ".ccrl-staging-0123456789ab"
+    (stale / "jsonl").mkdir(parents=True)
+    (stale / "jsonl" / "train.jsonl").write_text("{}\n")
+    result = ds.build_dataset(get_settings())
+    assert not stale.exists()
+    assert sorted(p.name for p in (ccrl_home / "datasets").iterdir() if p.is_dir()) == ["v1"]
+    assert result.number == 1
+
+
 def test_page_size_does_not_change_the_result(ccrl_home, monkeypatch):
     import_transcripts(TRANSCRIPTS)
     whole = ds.build_dataset(get_settings())
