@@ -41,6 +41,7 @@ class ImportReport:
     files: int = 0
     sessions: int = 0
     sessions_ignored: int = 0
+    sessions_purged: int = 0  # purged earlier with `ccrl purge`: not brought back
     traces: int = 0
     traces_created: int = 0
     traces_updated: int = 0
@@ -160,16 +161,19 @@ def import_transcripts(path: str | Path | None = None, settings: Settings | None
                     result = rebuild_session(
                         db, entry.session_id, settings, transcript=entry.main, agent_transcripts=entry.agents
                     )
-                    subagents = _subagent_count(db, entry.session_id) if not result.ignored else 0
+                    skipped = result.ignored or result.purged
+                    subagents = _subagent_count(db, entry.session_id) if not skipped else 0
                     db.commit()
             except Exception as exc:  # one bad session never stops the import
                 report.errors.append(f"{entry.main or entry.agents[0]}: {type(exc).__name__}: {exc}")
                 continue
             _add(report, result, subagents, entry)
+    notes = []
     if report.sessions_ignored:
-        report.message = (
-            f"{report.sessions_ignored} session(s) skipped: their project opted out with a .ccrl-ignore file."
-        )
+        notes.append(f"{report.sessions_ignored} session(s) skipped: their project opted out with a .ccrl-ignore file.")
+    if report.sessions_purged:
+        notes.append(f"{report.sessions_purged} session(s) skipped: they were purged with `ccrl purge`.")
+    report.message = " ".join(notes)
     return report
 
 
@@ -187,6 +191,9 @@ def _add(report: ImportReport, result: SessionResult, subagents: int, entry: Ses
     if result.ignored:
         report.sessions_ignored += 1
         report.ignored_projects.append(result.project or str(entry.main or entry.agents[0]))
+        return
+    if result.purged:
+        report.sessions_purged += 1
         return
     report.sessions += 1
     report.files += result.transcripts_read

@@ -45,13 +45,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlmodel import Session as DBSession
 from sqlmodel import col, func, select
 
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_file, get_engine
 from ccrl.agent.hook_turns import HookView, hook_steps, turns_from_events
-from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace, utcnow
+from ccrl.agent.models import HookEvent, PurgedSession, Quarantine, Session, ToolCall, Trace, utcnow
 from ccrl.agent.records import trace_json
 from ccrl.agent.signals import extract_signals
 from ccrl.agent.transcript import (
@@ -89,6 +90,7 @@ class SessionResult:
     session_id: str
     project: str | None = None  # the session's working directory
     ignored: bool = False  # its cwd opted out (.ccrl-ignore)
+    purged: bool = False  # the user purged it (ccrl purge): never rebuilt
     transcripts_read: int = 0
     transcript_missing: bool = False
     traces: int = 0  # traces of the session after the rebuild
@@ -109,6 +111,7 @@ class IngestReport:
     drain: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
     sessions_ignored: int = 0
+    sessions_purged: int = 0
     traces_created: int = 0
     traces_updated: int = 0
     tool_calls_created: int = 0
@@ -120,6 +123,9 @@ class IngestReport:
     def add(self, result: SessionResult) -> None:
         if result.ignored:
             self.sessions_ignored += 1
+            return
+        if result.purged:
+            self.sessions_purged += 1
             return
         self.sessions += 1
         self.traces_created += result.traces_created
@@ -713,6 +719,18 @@ def quarantine_lines(db: DBSession, bad_lines: list[BadLine]) -> int:
     return len(bad_lines)
 
 
+def _purged_turn(turn: Turn, before: datetime) -> bool:
+    """True for a turn that a ``ccrl purge --before`` removed (it started before the cut-off)."""
+    started = turn.started_at
+    if started is None:
+        return False
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=timezone.utc)
+    return started < before
+
+
 def rebuild_session(
     db: DBSession,
     session_id: str,
@@ -730,6 +748,12 @@ def rebuild_session(
     """
     settings = settings or get_settings()
     result = SessionResult(session_id=session_id)
+    tombstone = db.get(PurgedSession, session_id)
+    if tombstone is not None and tombstone.before is None:
+        # Purged for good: drop whatever the hook captured since, never rebuild it.
+        db.exec(sql_delete(HookEvent).where(HookEvent.session_id == session_id))
+        result.purged = True
+        return result
     if events is None:
         events = list(
             db.exec(
@@ -764,6 +788,9 @@ def rebuild_session(
     main_turns, sub_turns, became = merge_turns(
         parsed.turns if parsed else [], parsed.subagent_turns if parsed else [], hook.turns, hook.subagent_turns
     )
+    if tombstone is not None:
+        main_turns = [t for t in main_turns if not _purged_turn(t, tombstone.before)]
+        sub_turns = [t for t in sub_turns if not _purged_turn(t, tombstone.before)]
     store = _TraceStore(db, session_id, result)
     store.assign(main_turns + sub_turns)
     store.load_foreign(main_turns + sub_turns)

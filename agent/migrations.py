@@ -246,6 +246,19 @@ def m004_evaluations_and_ab_votes(conn: Connection) -> None:
     md.tables["ab_votes"].create(conn)
 
 
+@migration
+def m005_purged_sessions(conn: Connection) -> None:
+    """Tombstones of purged sessions, so a later ingest or import does not resurrect them."""
+    md = MetaData()
+    Table(
+        "purged_sessions", md,
+        Column("session_id", String, primary_key=True),
+        Column("before", DateTime),
+        Column("purged_at", DateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

@@ -253,3 +253,14 @@ class ABVote(SQLModel, table=True):
     correct: bool
     seconds: float | None = Field(default=None, description="Time the person took to decide")
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class PurgedSession(SQLModel, table=True):
+    """A session the user purged: ingest and import never bring it back from Claude Code's own
+    transcripts. ``before`` set: only turns that started before it were purged."""
+
+    __tablename__ = "purged_sessions"
+
+    session_id: str = Field(primary_key=True)
+    before: datetime | None = None
+    purged_at: datetime = Field(default_factory=utcnow)

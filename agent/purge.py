@@ -368,6 +368,35 @@ class PurgeResult:
     notes: list[str]
 
 
+def _record_tombstones(settings: Settings, plan: PurgePlan) -> None:
+    """Remember what was purged, so ingest and import never bring it back from Claude Code's
+    own transcripts (which ccrl does not delete) or from a session that is still running.
+
+    Sessions deleted whole get a tombstone without a date. Sessions a ``--before`` purge only
+    thinned (they have later turns) get the cut-off: turns that started before it stay gone.
+    """
+    from sqlmodel import select
+
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import PurgedSession, Trace
+
+    with session_scope(settings) as db:
+        partial: set[str] = set()
+        for chunk in _chunks(plan.trace_ids):
+            partial.update(db.exec(select(Trace.session_id).where(Trace.id.in_(chunk))).all())
+        cutoff = plan.target.before if plan.target.mode == "before" else None
+        tombstones = {sid: None for sid in plan.session_ids}
+        for sid in partial - plan.session_ids:
+            tombstones[sid] = cutoff
+        for sid, before in tombstones.items():
+            existing = db.get(PurgedSession, sid)
+            if existing is None:
+                db.add(PurgedSession(session_id=sid, before=before))
+            elif existing.before is not None and (before is None or before > existing.before):
+                existing.before = before
+                db.add(existing)
+
+
 def _delete_store_rows(settings: Settings, plan: PurgePlan) -> None:
     from sqlalchemy import delete, update
 
@@ -527,6 +556,7 @@ def _purge_locked(settings: Settings, target: PurgeTarget, rounds: int) -> Purge
         plan = plan_purge(settings, target)
         if plan.empty:
             break
+        _record_tombstones(settings, plan)
         _delete_store_rows(settings, plan)
         _delete_inbox_rows(settings, plan.inbox_ids)
         spooled = 0
