@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("peft", reason="the [train] extra is part of the test environment")
+import torch
 
-import torch  # noqa: E402
-
-from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer  # noqa: E402
-from ccrl.trainers.chat_templates import load_template, read_template_info, save_template  # noqa: E402
-from ccrl.trainers.merge import MergeError, adapter_base, merge_adapter  # noqa: E402
+from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+from ccrl.trainers.chat_templates import load_template, read_template_info, save_template
+from ccrl.trainers.merge import MergeError, adapter_base, merge_adapter
 
 torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl", reason="the [train] extra is part of the test environment")
+import torch
 
-import torch  # noqa: E402
-
-from ccrl.agent.conversation import render_assistant_text  # noqa: E402
-from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer  # noqa: E402
-from ccrl.trainers.chat_templates import load_template, read_template_info  # noqa: E402
-from ccrl.trainers.sft import (  # noqa: E402
+from ccrl.agent.conversation import render_assistant_text
+from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+from ccrl.trainers.chat_templates import load_template, read_template_info
+from ccrl.trainers.sft import (
     CPU_NOTICE,
     SFTError,
     SFTRunConfig,
@@ -61,14 +59,17 @@ def conversation(i: int) -> dict:
         {"role": "assistant", "content": f"Fixed: x is {i + 1}."},
     ]
     tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("Read", "Grep", "Edit")]
-    return {"messages": messages, "tools": json.dumps(tools)}
+    return {"messages": messages, "format": "trajectory", "trace_id": i, "tools": json.dumps(tools)}
 
 
 def write_dataset(path: Path, n_train: int = 8, n_eval: int = 2) -> Path:
+    """Train rows are traces 0..n_train-1, eval rows the traces after them (eval traces keep
+    their ids when a later version adds train traces, as the builder's split guarantees)."""
     from datasets import Dataset, DatasetDict
 
-    rows = [conversation(i) for i in range(n_train + n_eval)]
-    DatasetDict(train=Dataset.from_list(rows[:n_train]), eval=Dataset.from_list(rows[n_train:])).save_to_disk(str(path))
+    train = [conversation(i) for i in range(n_train)]
+    evals = [conversation(1000 + i) for i in range(n_eval)]
+    DatasetDict(train=Dataset.from_list(train), eval=Dataset.from_list(evals)).save_to_disk(str(path))
     return path
 
 
@@ -138,6 +139,23 @@ def test_bad_datasets_are_clear_errors(tmp_path, tiny_model):
         train_sft(tmp_path / "empty", tmp_path / "o3", str(tiny_model), small())
 
 
+def test_formats_select_rows_and_tools_stay_out_unless_asked(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from ccrl.trainers.sft import _load_splits
+
+    rows = [conversation(i) for i in range(4)]
+    rows[1]["format"] = rows[3]["format"] = "workflow"
+    DatasetDict(train=Dataset.from_list(rows), eval=Dataset.from_list(rows[:2])).save_to_disk(str(tmp_path / "d"))
+    train, evals = _load_splits(tmp_path / "d", use_tools=False)
+    assert (len(train), len(evals), train.column_names) == (4, 2, ["messages"])
+    train, evals = _load_splits(tmp_path / "d", use_tools=True, formats=["workflow"])
+    assert (len(train), len(evals), train.column_names) == (2, 1, ["messages", "tools"])
+    DatasetDict(train=Dataset.from_list([{"messages": rows[0]["messages"]}])).save_to_disk(str(tmp_path / "plain"))
+    with pytest.raises(SFTError, match="no `format` column"):
+        _load_splits(tmp_path / "plain", use_tools=False, formats=["trajectory"])
+
+
 # --- a real run -----------------------------------------------------------------------------------
 
 
@@ -197,6 +215,7 @@ def test_sft_run_writes_adapter_merged_model_template_and_curve(dataset, tiny_mo
     assert json.loads((final / "adapter_config.json").read_text())["r"] == 16
     assert (final / "chat_template.jinja").read_text() == load_template("chatml")
     assert read_template_info(final)["end_of_turn"] == "<|im_end|>"
+    assert read_template_info(final)["tools_in_training"] is True  # this run rendered the tool schemas
     # The merged model for export carries the same template.
     merged = out / "merged"
     assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").read_text() == load_template("chatml")
@@ -284,3 +303,151 @@ def test_resume_after_sigkill_reaches_the_same_total_steps(dataset, tiny_model, 
     # Each step logged once across both processes (the resumed one picks up after the checkpoint).
     steps = [p["step"] for p in json.loads((out / "loss_curve.json").read_text())["train"]]
     assert steps == list(range(1, 9))
+
+
+# --- the agent's runs and `ccrl train` -----------------------------------------------------------
+
+
+@pytest.fixture(autouse=False)
+def small_batches(monkeypatch):
+    """Agent runs read [train] settings: one sequence per forward pass keeps them short."""
+    from ccrl.agent.config import reset_settings_cache
+
+    monkeypatch.setenv("CCRL_TRAIN__BATCH_SIZE", "1")
+    reset_settings_cache()
+
+
+def _add_version(number: int, path: Path) -> int:
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import DatasetVersion
+
+    with session_scope() as session:
+        version = DatasetVersion(number=number, path=str(path))
+        session.add(version)
+        session.flush()
+        return version.id
+
+
+def test_agent_records_a_completed_run(ccrl_home, small_batches, dataset, tiny_model):
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import TrainingRun
+    from ccrl.agent.training import run_training
+
+    version_id = _add_version(1, dataset)
+    events = []
+    run = run_training("sft", base_model=str(tiny_model), max_steps=1, emit=events.append, progress_bar=False)
+    assert run.status == "completed" and run.phase == "sft" and run.dataset_version_id == version_id
+    assert Path(run.output_dir) == ccrl_home / "models" / "sft" / f"run-{run.id}"
+    assert ((ccrl_home / "models" / "sft").stat().st_mode & 0o777) == 0o700
+    assert run.base_model == str(tiny_model) and run.parent_run_id is None
+    assert run.config["sft"]["lora_r"] == get_settings().train.lora_r and run.config["sft"]["max_steps"] == 1
+    assert run.config["start"]["reason"].startswith("base model given explicitly")
+    m = run.metrics
+    assert m["global_step"] == 1 and m["eval_loss_before"] > 0 and m["eval_loss_after"] > 0
+    assert Path(m["artifacts"]["merged"], "model.safetensors").is_file()
+    assert Path(m["artifacts"]["loss_curve_png"]).is_file()
+    start = next(e for e in events if e["event"] == "start")
+    assert (start["run_id"], start["base_model"], start["dataset_version"]) == (run.id, str(tiny_model), 1)
+    with session_scope() as session:
+        stored = session.get(TrainingRun, run.id)
+        assert stored.status == "completed" and stored.finished_at is not None and stored.metrics["global_step"] == 1
+
+
+def test_agent_resumes_an_interrupted_run(ccrl_home, small_batches, dataset, tiny_model):
+    from ccrl.agent.child import StepStopped
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.training import resumable_run, run_training
+
+    _add_version(1, dataset)
+    with pytest.raises(StepStopped, match="step 1 of 2"):
+        run_training("sft", base_model=str(tiny_model), max_steps=2, progress_bar=False, emit=lambda e: None,
+                     should_stop=lambda: True)
+    interrupted = resumable_run(get_settings(), "sft", None)
+    assert interrupted is not None and interrupted.status == "interrupted"
+    events = []
+    # Different options on the next start do not change a resumed run: it keeps its own.
+    run = run_training("sft", max_steps=50, progress_bar=False, emit=events.append)
+    assert run.id == interrupted.id and run.status == "completed"
+    assert (run.metrics["resumed_from"], run.metrics["global_step"], run.metrics["max_steps"]) == ("checkpoint-1", 2, 2)
+    assert any("Resuming SFT run" in e.get("message", "") for e in events)
+
+
+def test_continuation_starts_from_the_deployed_model_with_new_traces_and_replay(ccrl_home, small_batches, tmp_path, tiny_model):
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import ModelVersion, utcnow
+    from ccrl.agent.training import REPLAY_FRACTION, choose_start, run_training
+
+    _add_version(1, write_dataset(tmp_path / "v1", n_train=8))
+    first = run_training("sft", base_model=str(tiny_model), max_steps=1, progress_bar=False, emit=lambda e: None)
+    with session_scope() as session:
+        session.add(ModelVersion(number=1, status="deployed", sft_run_id=first.id, deployed_at=utcnow()))
+    _add_version(2, write_dataset(tmp_path / "v2", n_train=12))  # traces 8..11 are new
+
+    run = run_training("sft", max_steps=1, progress_bar=False, emit=lambda e: None)
+    assert run.parent_run_id == first.id and run.base_model == f"model v1 (run {first.id})"
+    assert run.config["model_source"] == str(Path(first.output_dir) / "merged")
+    assert "accepted (deployed) model v1" in run.config["start"]["reason"]
+    replay = round(4 * REPLAY_FRACTION)
+    assert run.config["continuation"] == {"new_examples": 4, "replay_examples": replay, "skipped_seen": 8 - replay}
+    assert run.metrics["train_examples"] == 4 + replay and run.metrics["eval_examples"] == 2
+    from datasets import load_from_disk
+
+    trained_on = load_from_disk(run.config["dataset_path"])["train"]["trace_id"]
+    assert {8, 9, 10, 11} <= set(trained_on) and len(set(trained_on) & set(range(8))) == replay
+
+    settings = get_settings()
+    from_base = choose_start(settings, from_base=True, base_model=str(tiny_model))
+    assert from_base.source == str(tiny_model) and from_base.parent_run_id is None
+    assert from_base.reason.startswith("--from-base")
+
+
+def test_agent_errors_are_clear_and_leave_no_row(ccrl_home, dataset, tiny_model):
+    from sqlmodel import select
+
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import TrainingRun
+    from ccrl.agent.training import TrainingError, run_training
+
+    with pytest.raises(TrainingError, match="no dataset yet: run `ccrl build-dataset`"):
+        run_training("sft", base_model=str(tiny_model))
+    with pytest.raises(TrainingError, match="not available here"):
+        run_training("distill")
+    _add_version(1, dataset)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="needs a CUDA GPU"):
+            run_training("sft", base_model=str(tiny_model), quant="4bit")
+    with session_scope() as session:
+        assert session.exec(select(TrainingRun)).all() == []
+
+
+def test_ccrl_train_cli(ccrl_home, small_batches, dataset, tiny_model):
+    from typer.testing import CliRunner
+
+    from ccrl.agent.cli import app
+    from ccrl.agent.lock import pipeline_lock
+
+    runner = CliRunner()
+    no_data = runner.invoke(app, ["train", "--phase", "sft", "--base-model", str(tiny_model)])
+    assert no_data.exit_code == 1 and "no dataset yet" in no_data.stderr and "Traceback" not in no_data.output
+    assert runner.invoke(app, ["train", "--phase", "ppo"]).exit_code == 2
+
+    _add_version(1, dataset)
+    if not torch.cuda.is_available():
+        four_bit = runner.invoke(app, ["train", "--quant", "4bit", "--base-model", str(tiny_model)])
+        assert four_bit.exit_code == 1 and "needs a CUDA GPU" in four_bit.stderr
+
+    lock = pipeline_lock(ccrl_home)
+    with lock.hold("cycle 3: sft", agent=True):
+        busy = runner.invoke(app, ["train", "--base-model", str(tiny_model), "--max-steps", "1"])
+    assert busy.exit_code == 1 and "the agent is busy with cycle 3: sft" in busy.stderr
+
+    ok = runner.invoke(app, ["train", "--phase", "sft", "--base-model", str(tiny_model), "--max-steps", "1", "--json"])
+    assert ok.exit_code == 0, ok.stderr
+    run = json.loads(ok.stdout)
+    assert run["status"] == "completed" and run["metrics"]["global_step"] == 1 and run["phase"] == "sft"
+    # Progress without a terminal: structured lines on stderr, stdout keeps only the JSON.
+    events = [json.loads(line) for line in ok.stderr.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "start" and "base model given explicitly" in e["reason"] for e in events)
+    assert any(e["event"] == "train.progress" and e.get("step") == 1 for e in events)

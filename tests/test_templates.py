@@ -16,11 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("transformers", reason="the [train] extra is part of the test environment")
-
-from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, trace_to_messages  # noqa: E402
-from ccrl.trainers.base_models import ensure_embedded_tokenizer  # noqa: E402
-from ccrl.trainers.chat_templates import (  # noqa: E402
+from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, trace_to_messages
+from ccrl.trainers.base_models import ensure_embedded_tokenizer
+from ccrl.trainers.chat_templates import (
     FAMILIES,
     TemplateError,
     attach_template,

@@ -131,9 +131,15 @@ def attach_template(tokenizer: Any, family: str | None = None) -> TemplateFamily
     return info
 
 
-def template_info(family: str) -> dict[str, Any]:
-    """The JSON saved beside a model as ``ccrl_template.json``."""
+def template_info(family: str, *, tools_in_training: bool | None = None) -> dict[str, Any]:
+    """The JSON saved beside a model as ``ccrl_template.json``.
+
+    ``tools_in_training`` records whether training prompts carried the tool schemas block
+    (export uses it to render prompts exactly as the model saw them).
+    """
     info = asdict(_family(family))
+    if tools_in_training is not None:
+        info["tools_in_training"] = tools_in_training
     info["stop_tokens"] = list(info["stop_tokens"])
     info["required_tokens"] = list(info["required_tokens"])
     info["notes"] = list(info["notes"])
@@ -141,13 +147,14 @@ def template_info(family: str) -> dict[str, Any]:
     return info
 
 
-def save_template(tokenizer: Any, family: str, out_dir: Path) -> None:
+def save_template(tokenizer: Any, family: str, out_dir: Path, *, tools_in_training: bool | None = None) -> None:
     """Save the tokenizer (which writes ``chat_template.jinja``) and ``ccrl_template.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.chat_template = load_template(family)
     tokenizer.save_pretrained(str(out_dir))
-    (out_dir / TEMPLATE_INFO_FILE).write_text(json.dumps(template_info(family), indent=2) + "\n")
+    info = template_info(family, tools_in_training=tools_in_training)
+    (out_dir / TEMPLATE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def read_template_info(model_dir: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import re
 import resource
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -147,8 +148,14 @@ class SFTRunConfig:
     """Evaluate on the eval split at the end of every epoch (base and final eval always run)."""
     seed: int = 42
     """Seed for data order, dropout and LoRA initialisation."""
-    use_tools_column: bool = True
-    """Render the dataset's ``tools`` JSON schemas into the system turn when the column exists."""
+    use_tools_column: bool = False
+    """Render the dataset's ``tools`` JSON schemas into the system turn. Off by default: the
+    dataset's system prompt already names every tool and the call syntax, the model learns the
+    arguments from the calls themselves, and the schemas of Claude Code's ~18 tools take about
+    1,400 tokens of every example (more than the whole CPU sequence length)."""
+    formats: list[str] | None = None
+    """Dataset formats to train on (the ``format`` column: ``trajectory``, ``workflow``);
+    ``None`` trains on every row, i.e. the dataset version's mixture."""
     merge: bool = True
     """Write ``merged/`` (base + adapter in full precision) after training, for export."""
     merge_dtype: str = "auto"
@@ -268,7 +275,7 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
-def _load_splits(dataset_path: Path, use_tools: bool) -> tuple[Any, Any]:
+def _load_splits(dataset_path: Path, use_tools: bool, formats: list[str] | None = None) -> tuple[Any, Any]:
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
@@ -289,6 +296,13 @@ def _load_splits(dataset_path: Path, use_tools: bool) -> tuple[Any, Any]:
             f"the dataset at {dataset_path} has no `messages` column (columns: {', '.join(train.column_names)}): "
             "SFT trains on conversations"
         )
+    if formats is not None:
+        if "format" not in train.column_names:
+            raise SFTError(f"formats={formats} asked, but the dataset at {dataset_path} has no `format` column")
+        wanted = set(formats)
+        train = train.filter(lambda row: row["format"] in wanted)
+        if evals is not None:
+            evals = evals.filter(lambda row: row["format"] in wanted)
     keep = ["messages"] + (["tools"] if use_tools and "tools" in train.column_names else [])
     train = train.select_columns(keep)
     if evals is not None:
@@ -470,7 +484,7 @@ def train_sft(
         if state is None:
             state = dict(inputs)
 
-        train, evals = _load_splits(dataset_path, config.use_tools_column)
+        train, evals = _load_splits(dataset_path, config.use_tools_column, config.formats)
         callbacks: list[Any] = [LossCurveCallback(output_dir)]
         stopper = _StopOnRequest(should_stop) if should_stop is not None else None
         if stopper is not None:
@@ -510,6 +524,7 @@ def train_sft(
 
         if resume_from is not None:
             emit({"event": "notice", "message": f"Resuming from {resume_from.name}."})
+        cpu_start = time.process_time()
         try:
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except Exception as exc:
@@ -526,6 +541,7 @@ def train_sft(
                 f"stopped on request at step {stopper.stopped_at} of {trainer.state.max_steps}; "
                 f"checkpoint-{stopper.stopped_at} is saved and the next start resumes from it"
             )
+        train_cpu = time.process_time() - cpu_start
         train_metrics = dict(output.metrics)
         eval_after = trainer.evaluate()["eval_loss"] if evals is not None else None
         tokens_total = int(trainer.state.num_input_tokens_seen)
@@ -543,7 +559,8 @@ def train_sft(
         tmp = output_dir / f".{FINAL_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.save_model(str(tmp))
-        save_template(trainer.processing_class, resolved["template_family"], tmp)
+        save_template(trainer.processing_class, resolved["template_family"], tmp,
+                      tools_in_training="tools" in train.column_names)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
         artifacts["adapter"] = str(adapter_dir)
@@ -562,6 +579,7 @@ def train_sft(
             "eval_loss_before": state.get("eval_loss_before"),
             "eval_loss_after": eval_after,
             "train_runtime_s": runtime,
+            "train_cpu_s": round(train_cpu, 3),
             "train_tokens": tokens_total,
             "tokens_per_second": (tokens_session / runtime) if runtime > 0 else None,
             "peak_memory_bytes": _peak_memory_bytes(cuda),
