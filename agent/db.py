@@ -4,6 +4,7 @@ SQLAlchemy URL works through ``CCRL_DATABASE_URL``."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,10 @@ from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.migrations import migrate
 
 _engines: dict[str, Engine] = {}
+# One creation per URL even when threads ask at once (the agent's jobs start together): a second
+# creation would open and close the database file while the first engine's connections hold
+# SQLite's POSIX locks, and closing any descriptor of a file drops the process's locks on it.
+_engines_lock = threading.Lock()
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -48,6 +53,13 @@ def get_engine(settings: Settings | None = None) -> Engine:
     url = settings.db_url
     if url in _engines:
         return _engines[url]
+    with _engines_lock:
+        if url in _engines:
+            return _engines[url]
+        return _create_engine(settings, url)
+
+
+def _create_engine(settings: Settings, url: str) -> Engine:
     ensure_private_dir(settings.home)
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None:
