@@ -288,7 +288,11 @@ def configure_logging(
         processors = [
             *shared,
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(colors=mode == "console"),
+            structlog.dev.ConsoleRenderer(
+                colors=mode == "console",
+                # Plain tracebacks outside a terminal: rich's boxes with locals flood log files.
+                **({} if mode == "console" else {"exception_formatter": structlog.dev.plain_traceback}),
+            ),
         ]
         factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(

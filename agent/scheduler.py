@@ -191,8 +191,16 @@ class Agent:
 
     def _serve(self) -> int:
         agent = self.settings.agent
+        from ccrl.agent.db import get_engine
+
+        try:
+            get_engine(self.settings)  # open (and migrate) the store before any job runs
+        except Exception as exc:  # noqa: BLE001 - say why and let systemd restart us later
+            log.error("cannot open the store", error=f"{type(exc).__name__}: {exc}", home=str(self.settings.home))
+            return 1
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        logging.getLogger("apscheduler").addFilter(_ExpectedSkips())
+        # Logger filters see only records logged on that very logger, not its children's.
+        logging.getLogger("apscheduler.scheduler").addFilter(_ExpectedSkips())
         self._record(started_at=_now_iso(), stopped_at=None, home=str(self.settings.home))
         self.scheduler.add_job(self._job("ingest", self.ingest_once), "interval", id="ingest",
                                seconds=agent.ingest_interval_seconds, next_run_time=datetime.now(timezone.utc))
