@@ -283,6 +283,7 @@ def _run_sft(
     emit: Emit,
     progress_bar: bool | None,
     should_stop: Callable[[], bool],
+    options: dict[str, Any] | None = None,
 ) -> TrainingRun:
     from ccrl.trainers.base_models import BaseModelError
     from ccrl.trainers.sft import SFTError, SFTStopped, train_sft
@@ -320,6 +321,11 @@ def _run_sft(
         except BaseModelError as exc:
             raise TrainingError(str(exc)) from exc
         config = _sft_config(settings, None, quant, max_steps)
+        if options:  # per-run overrides of any SFTRunConfig field (e.g. `ccrl demo`'s budgets)
+            try:
+                config = config.from_dict({**config.to_dict(), **options})
+            except SFTError as exc:
+                raise TrainingError(str(exc)) from exc
         continuation: dict[str, int] = {}
         with session_scope(settings) as session:
             run = TrainingRun(
@@ -394,15 +400,20 @@ def run_training(
     by default they are logged with structlog. ``should_stop`` defaults to the agent's stop
     request when this runs as a cycle step. ``phase="rl"`` (GRPO, ``ccrl.agent.rl_training``)
     starts from ``parent_run_id`` (an SFT run) or the latest completed SFT run; ``options``
-    override fields of its ``RLConfig`` for this run. Raises ``TrainingError`` for expected
-    problems.
+    override fields of the phase's ``SFTRunConfig`` / ``RLConfig`` for this run (a resumed run
+    keeps its original settings). Raises ``TrainingError`` for expected problems.
     """
     if phase not in PHASES:
         raise TrainingError(f"the {phase!r} training phase is not available here; phases: {', '.join(PHASES)}")
     if parent_run_id is not None and phase == "sft":
         raise TrainingError("an SFT run starts from the accepted model or the base, not from a parent run")
     if options and phase == "sft":
-        raise TrainingError(f"options {', '.join(sorted(options))} apply to the RL phase, not to SFT")
+        from ccrl.trainers.sft import SFTError, SFTRunConfig
+
+        try:  # unknown keys fail here, before a base model is prepared or a run recorded
+            SFTRunConfig.from_dict(options)
+        except SFTError as exc:
+            raise TrainingError(str(exc)) from exc
     from ccrl.agent.child import stop_requested
 
     settings = settings or get_settings()
@@ -418,7 +429,8 @@ def run_training(
         emit=_with_child_progress(emit or _log_emit()),
         progress_bar=progress_bar,
         should_stop=should_stop or stop_requested,
-        **({} if phase == "sft" else {"parent_run_id": parent_run_id, "options": options or {}}),
+        options=options or {},
+        **({} if phase == "sft" else {"parent_run_id": parent_run_id}),
     )
 
 

@@ -391,7 +391,7 @@ def test_agent_runs_rl_on_the_latest_sft_model_and_resumes_it(ccrl_home, models,
     sft = run_training("sft", base_model=str(models["tiny"]), max_steps=1, progress_bar=False, emit=lambda e: None)
     with pytest.raises(TrainingError, match="--from-base and --base-model choose where --phase sft starts"):
         run_training("rl", base_model=str(models["tiny"]))
-    with pytest.raises(TrainingError, match="apply to the RL phase"):
+    with pytest.raises(TrainingError, match="unknown SFT setting"):
         run_training("sft", options={"episodes": 3})
     with pytest.raises(TrainingError, match="unknown RL setting"):
         run_training("rl", options={"episode": 3})
