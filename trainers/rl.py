@@ -312,7 +312,7 @@ def heldout_reward(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, ge
             with torch.no_grad():
                 out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=temperature,
                                      top_p=top_p, max_new_tokens=max_new_tokens, num_return_sequences=generations,
-                                     pad_token_id=pad, eos_token_id=eos)
+                                     pad_token_id=pad, eos_token_id=eos, use_cache=True)
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for r in batch:
                 ref = R.make_reference(r["reference_signals"], r.get("reference_completion"), r["prompt"])
@@ -614,7 +614,6 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
     source = resolve_start(start_model, output_dir, config.merge_dtype)
     model, tokenizer = load_for_training(source, four_bit=four_bit)
     family = attach_template(tokenizer)
-    tokenizer.padding_side = "left"  # generation continues the prompt's last token
 
     train, evals = load_prompt_splits(prompts_path)
     lengths = [prompt_length(tokenizer, row["prompt"]) for row in train]
