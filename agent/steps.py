@@ -143,10 +143,26 @@ def run_export(cycle: Any, settings: Settings) -> dict[str, Any]:
 
 
 def run_evaluate(cycle: Any, settings: Settings) -> dict[str, Any]:
-    """Evaluate the cycle's model and apply the deployment gate."""
-    evaluate = require("ccrl.agent.evaluation", "evaluate_version", "the evaluation")
-    report = evaluate(model_version_id=cycle.model_version_id, settings=settings)
-    return {"passed": bool(report["passed"]), "gate": report}
+    """Evaluate the cycle's model on the held-out split and apply the deployment gate (which
+    records its decision on the model version, and rejects a version that fails)."""
+    evaluate = require("ccrl.agent.gate", "evaluate_version", "the evaluation")
+    from ccrl.agent.child import report_progress
+
+    def progress(event: dict[str, Any]) -> None:
+        report_progress(None, "evaluation: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
+
+    if cycle.model_version_id:
+        report = evaluate(cycle.model_version_id, settings=settings, progress=progress)
+    else:  # export is off: judge the training run itself
+        report = evaluate(training_run_id=cycle.rl_run_id or cycle.sft_run_id, settings=settings, progress=progress)
+    return {
+        "passed": bool(report["passed"]),
+        "reason": report.get("reason"),
+        "judged": report.get("judged"),
+        "model_version": report.get("model_version"),
+        "training_run_id": report.get("training_run_id"),
+        "checks": [{k: c.get(k) for k in ("name", "passed", "candidate", "other")} for c in report.get("checks", [])],
+    }
 
 
 def run_deploy(cycle: Any, settings: Settings) -> dict[str, Any]:

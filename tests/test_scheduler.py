@@ -27,7 +27,7 @@ from sqlmodel import select  # noqa: E402
 
 from ccrl.agent.config import Settings  # noqa: E402
 from ccrl.agent.db import session_scope  # noqa: E402
-from ccrl.agent.models import Cycle, DatasetVersion, TrainingRun  # noqa: E402
+from ccrl.agent.models import Cycle, DatasetVersion, Evaluation, TrainingRun  # noqa: E402
 from ccrl.agent.scheduler import read_state  # noqa: E402
 from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer  # noqa: E402
 
@@ -55,6 +55,12 @@ def agent_env(tiny_model: Path, **overrides: str) -> dict[str, str]:
         "CCRL_TRAIN__BASE_MODEL": str(tiny_model),
         "CCRL_TRAIN__MAX_STEPS": "1",
         "CCRL_TRAIN__BATCH_SIZE": "1",
+        # A small evaluation: a few held-out decisions and plans, short generations.
+        "CCRL_EVAL__MAX_DECISIONS": "6",
+        "CCRL_EVAL__MAX_PLANS": "1",
+        "CCRL_EVAL__DECISION_MAX_NEW_TOKENS": "8",
+        "CCRL_EVAL__PLAN_MAX_NEW_TOKENS": "16",
+        "CCRL_EVAL__THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -133,21 +139,14 @@ def test_traces_crossing_the_threshold_start_a_cycle_that_trains(ccrl_home, tiny
     assert steps["dataset"]["status"] == "done" and steps["sft"]["status"] == "done"
     assert steps["rl"]["status"] == "skipped" and "every 2nd cycle" in steps["rl"]["reason"]
     assert steps["export"] == {**steps["export"], "status": "skipped", "reason": "auto_export_gguf is off"}
-    # Evaluation: recorded as it really is in this installation, never invented.
-    from ccrl.agent import steps as step_module
-
-    try:
-        step_module.require("ccrl.agent.evaluation", "evaluate_version", "the evaluation")
-        evaluation_installed = True
-    except step_module.StepUnavailable:
-        evaluation_installed = False
-    if evaluation_installed:
-        assert steps["evaluate"]["status"] in ("done", "failed")
-    else:
-        assert steps["evaluate"]["status"] == "unavailable"
-        assert "evaluation" in steps["evaluate"]["reason"]
+    # Evaluated for real (the tiny model against the base and the learn-nothing baselines);
+    # without export the gate judges the training run, and its decision decides the outcome.
+    evaluation = steps["evaluate"]
+    assert evaluation["status"] == "done" and evaluation["result"]["training_run_id"] == done.sft_run_id
+    assert evaluation["result"]["checks"] and isinstance(evaluation["result"]["passed"], bool)
     assert steps["deploy"]["status"] == "skipped"
-    assert done.outcome == "trained"
+    assert done.outcome == ("trained" if evaluation["result"]["passed"] else "rejected")
+    assert len(rows(settings, Evaluation)) >= 2  # the candidate and what it was compared with
     versions = rows(settings, DatasetVersion)
     runs = rows(settings, TrainingRun)
     assert [v.id for v in versions] == [done.dataset_version_id] and versions[0].trace_count == 16
@@ -166,11 +165,11 @@ def test_traces_crossing_the_threshold_start_a_cycle_that_trains(ccrl_home, tiny
     import json
 
     history = json.loads(shown.stdout)
-    assert history["outcome"] == "trained" and [r["id"] for r in history["training_runs"]] == [done.sft_run_id]
+    assert history["outcome"] == done.outcome and [r["id"] for r in history["training_runs"]] == [done.sft_run_id]
     assert any(p.endswith("loss_curve.png") for p in history["training_runs"][0]["plots"])
     status = json.loads(CliRunner().invoke(app, ["agent", "status", "--json"]).stdout)
     assert status["running"] is False and status["current_cycle"] is None
-    assert status["threshold"] == {**status["threshold"], "new": 0, "required": 12, "since_trace_id": 16}
+    assert (status["threshold"]["new"], status["threshold"]["since_trace_id"]) == (0, 16)
     assert [c["number"] for c in status["recent_cycles"]] == [1]
 
 
