@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
-from ccrl.agent.cli import agent_cmd, config_cmd, service_cmd
+from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
 from ccrl.agent.cli import eval_cmd
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(traces.app, name="traces")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(service_cmd.app, name="service")
+app.add_typer(runs_cmd.app, name="runs")
 
 
 def main() -> None:
