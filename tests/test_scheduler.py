@@ -252,6 +252,13 @@ def test_sigterm_during_sft_exits_cleanly_and_the_step_resumes_later(ccrl_home, 
         wait_for("SFT to train", lambda: sft_training(settings), 300, agent)
         child_pid = cycle_row(settings).child_pid
         [run] = rows(settings, TrainingRun)
+        # A manual command meanwhile is told who holds the pipeline, and does nothing.
+        for argv in (["export"], ["deploy"]):
+            manual = subprocess.run([str(CCRL), *argv], env=env, capture_output=True, text=True, timeout=300)
+            assert manual.returncode == 1, manual.stdout + manual.stderr
+            said = " ".join(manual.stderr.split())
+            assert "the agent is busy with cycle 1: sft" in said and "--wait" in said
+        assert len(rows(settings, TrainingRun)) == 1
         started = time.monotonic()
         agent.proc.send_signal(signal.SIGTERM)
         code = agent.proc.wait(timeout=60)
