@@ -16,7 +16,7 @@ from ccrl.agent.config import Settings
 from ccrl.agent.cycle import cycle_json, describe, open_cycle, threshold
 from ccrl.agent.db import session_scope
 from ccrl.agent.lock import agent_lock, pipeline_lock
-from ccrl.agent.models import Cycle, ModelVersion, TrainingRun
+from ccrl.agent.models import Cycle, DatasetVersion, ModelVersion, TrainingRun
 from ccrl.agent.scheduler import read_state
 
 
@@ -40,6 +40,7 @@ def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
         th = threshold(session, settings.agent, settings)
         cycles = session.exec(select(Cycle).order_by(Cycle.number.desc()).limit(recent)).all()  # type: ignore[attr-defined]
         runs = session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(recent)).all()  # type: ignore[union-attr]
+        dataset = session.exec(select(DatasetVersion).order_by(DatasetVersion.number.desc())).first()  # type: ignore[attr-defined]
         deployed = session.exec(
             select(ModelVersion).where(ModelVersion.status == "deployed").order_by(ModelVersion.number.desc())  # type: ignore[attr-defined]
         ).first()
@@ -68,6 +69,10 @@ def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
             "progress": progress,
             "recent_cycles": [cycle_json(c) for c in cycles],
             "recent_runs": [_run_summary(r) for r in runs],
+            "latest_dataset": None if dataset is None else {
+                "number": dataset.number, "usable_traces": dataset.trace_count,
+                "created_at": dataset.created_at.isoformat() if dataset.created_at else None,
+            },
             "deployed_version": None if deployed is None else {
                 "number": deployed.number, "ollama_tag": deployed.ollama_tag,
                 "deployed_at": deployed.deployed_at.isoformat() if deployed.deployed_at else None,
@@ -76,3 +81,35 @@ def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
             "last_ingest_at": state.get("last_ingest_at"),
             "last_cycle_check_at": state.get("last_cycle_check_at"),
         }
+
+
+def _metric(metrics: dict[str, Any]) -> str:
+    for key in ("eval_loss_after", "reward_after", "train_loss"):
+        value = (metrics or {}).get(key)
+        if isinstance(value, (int, float)):
+            return f" {key}={value:.4g}"
+    return ""
+
+
+def agent_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """``agent_status`` as (label, value) rows for ``ccrl status``'s table."""
+    if report.get("error"):
+        return [("agent", report["error"])]
+    rows = [("agent", f"running (pid {report['pid']}, since {report['since']})" if report["running"]
+             else "not running (`ccrl service install`, or `ccrl agent run`)")]
+    rows.append(("agent now", report["status_line"]))
+    th = report["threshold"]
+    dataset = report.get("latest_dataset")
+    usable = f"{th['new']} new since the last cycle"
+    if dataset:
+        usable = f"{dataset['usable_traces']} in dataset v{dataset['number']}; " + usable
+    rows.append(("usable traces", usable))
+    rows.append(("next cycle", "due now" if th["due"] else f"at {th['required']} new ({th['remaining']} to go)"))
+    for run in report["recent_runs"]:
+        cycle = f"cycle {run['cycle']}" if run["cycle"] else "by hand"
+        rows.append((f"run {run['id']}", f"{run['phase']} ({cycle}) {run['status']}{_metric(run['metrics'])}"))
+    deployed = report["deployed_version"]
+    rows.append(("deployed", f"v{deployed['number']} ({deployed['ollama_tag']})" if deployed else "none"))
+    if report["last_error"]:
+        rows.append(("last error", report["last_error"]))
+    return rows

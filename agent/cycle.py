@@ -176,9 +176,10 @@ def open_cycle(session: Session) -> Cycle | None:
 
 
 def threshold(session: Session, agent: AgentSettings, settings: Settings | None = None) -> Threshold:
-    """Whether a new cycle is due: usable traces above the last finished cycle's watermark,
-    against ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``."""
-    last = last_finished(session)
+    """Whether a new cycle is due: usable traces above the latest cycle's watermark, against
+    ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``. While a cycle is
+    open this says how far the one after it is (a new cycle starts only when none is open)."""
+    last = session.exec(select(Cycle).order_by(Cycle.number.desc())).first()  # type: ignore[attr-defined]
     base = (last.trace_watermark or 0) if last else 0
     required = agent.traces_per_training_cycle if last else agent.min_traces_for_sft
     new, basis = count_usable(session, above_id=base, settings=settings)

@@ -185,6 +185,18 @@ def hooks_status(settings: Settings, project_dir: Path | None = None) -> dict[st
     }
 
 
+def agent_section(settings: Settings) -> dict[str, Any]:
+    """The always-on agent (``agent_status.agent_status``): running or not, next threshold and
+    how far it is, current cycle and step, recent runs, deployed version, last error."""
+    from ccrl.agent.agent_status import agent_status
+
+    try:
+        return {**agent_status(settings, recent=3), "error": None}
+    except Exception as exc:  # noqa: BLE001  status reports any store failure instead of failing
+        message = scrub_password(f"cannot read the agent's state: {exc}", settings.db_url)
+        return {"running": None, "error": message}
+
+
 def gather_status(settings: Settings, project_dir: Path | None = None) -> dict[str, Any]:
     """Everything ``ccrl status`` shows, as JSON-able data with stable keys."""
     store = store_counts(settings)
@@ -197,4 +209,5 @@ def gather_status(settings: Settings, project_dir: Path | None = None) -> dict[s
         "pending": pending,
         "last_capture_at": max(times, key=datetime.fromisoformat) if times else None,
         "hooks": hooks_status(settings, project_dir),
+        "agent": agent_section(settings),
     }

@@ -249,3 +249,39 @@ def test_only_one_cycle_is_open_at_a_time(ccrl_home, status):
     with session_scope(settings) as db:
         assert engine.ensure_cycle() == db.exec(Cycle.__table__.select()).one().id  # type: ignore[attr-defined]
         assert len(db.exec(Cycle.__table__.select()).all()) == 1  # type: ignore[attr-defined]
+
+
+# -- what `ccrl status` and `ccrl agent status` say -----------------------------------------
+
+
+def test_status_tells_the_agents_story(ccrl_home):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ccrl.agent.cli import app
+
+    settings = Settings()
+    add_usable_traces(settings, 30)
+    runner = CliRunner()
+    info = json.loads(runner.invoke(app, ["status", "--json"]).stdout)["agent"]
+    assert info["running"] is False and info["error"] is None and info["current_cycle"] is None
+    assert info["threshold"] == {**info["threshold"], "new": 30, "required": 50, "remaining": 20, "due": False}
+    assert info["status_line"] == "idle: 30/50 usable traces for the next cycle"
+    with session_scope(settings) as db:
+        cycle = new_cycle(1)
+        cycle.trace_watermark = max_trace_id(db)
+        apply_outcome(cycle, "dataset", StepOutcome("failed", error="disk full"), settings.agent)
+        db.add(cycle)
+    add_usable_traces(settings, 5)
+    info = json.loads(runner.invoke(app, ["agent", "status", "--json"]).stdout)
+    assert info["current_cycle"]["number"] == 1 and info["current_cycle"]["status"] == "waiting"
+    # While cycle 1 is open, the count is towards the cycle after it.
+    assert (info["threshold"]["new"], info["threshold"]["required"]) == (5, 50)
+    assert info["last_error"] == "cycle 1: dataset failed (attempt 1/3): disk full"
+    table = runner.invoke(app, ["status"])
+    assert table.exit_code == 0
+    for text in ("agent now", "cycle 1: dataset failed, retrying at", "next cycle", "last error", "disk full"):
+        assert text in table.stdout, text
+    human = runner.invoke(app, ["agent", "status"])
+    assert human.exit_code == 0 and "not running" in human.stdout and "disk full" in human.stdout

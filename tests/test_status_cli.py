@@ -19,7 +19,7 @@ from ccrl.agent.db import session_scope
 from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
 from ccrl.hooks.inbox import INSERT_SQL, ensure_inbox
 
-TOP_KEYS = {"data_dir", "database_url", "store", "pending", "last_capture_at", "hooks"}
+TOP_KEYS = {"data_dir", "database_url", "store", "pending", "last_capture_at", "hooks", "agent"}
 STORE_KEYS = {"sessions", "traces", "subagent_traces", "tool_calls", "tool_errors", "hook_events", "quarantined",
               "last_event_at", "error"}
 PENDING_KEYS = {"inbox", "spool", "total", "newest_at", "error"}

@@ -76,6 +76,10 @@ def status(
     table.add_row("last capture", info["last_capture_at"] or "never")
     for scope, item in info["hooks"].items():
         table.add_row(f"hooks ({scope})", _hooks_label(item))
+    from ccrl.agent.agent_status import agent_rows
+
+    for label, value in agent_rows(info["agent"]):
+        table.add_row(label, escape(value))
     _out.print(table)
     for problem in (store["error"], pending["error"]):
         if problem:
