@@ -6,12 +6,14 @@ cannot.
 Each task asks for one of three things; Claude makes the matching call (with fixed arguments,
 the file named relative to the working directory), then answers:
 
-    "Task 7: read the notes."   -> Read {"file_path": "notes.md"}       -> "Done: task 7."
-    "Task 8: search for TODO."  -> Grep {"pattern": "TODO"}            -> "Done: task 8."
-    "Task 9: run the tests."    -> Bash {"command": "pytest -q"}       -> "Done: task 9."
+    "Please read the notes."   -> Read {"file_path": "notes.md"}     -> "Done."
+    "Please search for TODO."  -> Grep {"pattern": "TODO"}          -> "Done."
+    "Please run the tests."    -> Bash {"command": "pytest -q"}     -> "Done."
 
-Per trace: two decisions (call, then answer). The most-frequent baseline always answers (1/2);
-the bigram baseline answers after a call and guesses the first call (about 2/3 in all).
+Held-out sessions repeat the training tasks word for word: these tests check the evaluation
+and the gate, not whether a tiny model generalises. Per trace: two decisions (call, then
+answer). The most-frequent baseline always answers (1/2); the bigram baseline answers after a
+call and guesses the first call (2/3 on the held-out split).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ TOOLS = [
                                       "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
                                                      "required": ["command"]}}},
 ]
+ANSWER = "Done."
 SYSTEM = f"You are a coding agent.\n\nWorking directory: {CWD}\n\nTools: Bash, Grep, Read"
 WORKFLOW_SYSTEM = SYSTEM + "\n\nAnswer with your whole plan."
 
@@ -46,7 +49,7 @@ WORKFLOW_SYSTEM = SYSTEM + "\n\nAnswer with your whole plan."
 def task(i: int) -> tuple[str, str, dict[str, Any]]:
     """(prompt, tool, arguments) of task ``i``."""
     words, tool, args = KINDS[i % len(KINDS)]
-    return f"Task {i}: {words}.", tool, args
+    return f"Please {words}.", tool, args
 
 
 def trajectory(i: int) -> list[dict[str, Any]]:
@@ -58,7 +61,7 @@ def trajectory(i: int) -> list[dict[str, Any]]:
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": f"toolu_{i}", "name": tool, "content": "ok"},
-        {"role": "assistant", "content": f"Done: task {i}."},
+        {"role": "assistant", "content": ANSWER},
     ]
 
 
@@ -66,7 +69,7 @@ def workflow_completion(i: int) -> str:
     """Claude's plan for task ``i`` in the workflow format."""
     prompt, tool, args = task(i)
     call = {"type": "function", "function": {"name": tool, "arguments": json.dumps(args)}}
-    return render_workflow([f"The user asks: {prompt}"], [PlanStep("", [call])], f"Done: task {i}.")
+    return render_workflow([f"The user asks: {prompt}"], [PlanStep("", [call])], ANSWER)
 
 
 def _rows(i: int, session: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -107,3 +110,62 @@ def write_dataset_version(root: Path, *, n_train: int = 24, n_eval: int = 6, for
     DatasetDict({s: Dataset.from_list(rows) for s, (rows, _rl) in splits.items()}).save_to_disk(str(root))
     DatasetDict({s: Dataset.from_list(rl) for s, (_rows, rl) in splits.items()}).save_to_disk(str(root / "rl_prompts"))
     return root
+
+
+def train_tiny_agent(base: Path, dataset: Path, out: Path, *, max_steps: int = 300, examples_per_kind: int = 1) -> Path:
+    """Fully fine-tune the tiny model ``base`` on some of the dataset's train trajectories
+    (``examples_per_kind`` of each task kind; loss on the
+    assistant tokens only, through the training template's generation markers) until greedy
+    decoding reproduces every training turn; save it to ``out`` with its template. Fast because
+    logits are computed at the assistant positions only (the vocabulary dominates the cost)."""
+    import os
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    rows = [json.loads(line) for line in open(Path(dataset) / "jsonl" / "train.jsonl")]
+    batch = []
+    per_kind: dict[str, int] = {}
+    for row in rows:
+        kind = row["messages"][1]["content"]
+        if row["format"] != "trajectory" or per_kind.get(kind, 0) >= examples_per_kind:
+            continue
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        encoded = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        ids = torch.tensor(encoded["input_ids"])
+        mask = torch.tensor(encoded["assistant_masks"])
+        positions = (mask[1:] == 1).nonzero().flatten()  # predict token p+1 from position p
+        batch.append((ids, positions, ids[positions + 1]))
+
+    def logits(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = model.model(input_ids=ids[None]).last_hidden_state[0, positions]
+        return model.lm_head(hidden)
+
+    def reproduces() -> bool:
+        with torch.no_grad():
+            return all(bool((logits(ids, pos).argmax(-1) == targets).all()) for ids, pos, targets in batch)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(max_steps):
+        for ids, pos, targets in batch:
+            torch.nn.functional.cross_entropy(logits(ids, pos), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 5 == 4 and reproduces():
+            break
+    else:
+        raise AssertionError(f"the tiny model did not learn its training turns in {max_steps} steps")
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.copy2(Path(base) / "ccrl_template.json", tmp / "ccrl_template.json")
+    os.replace(tmp, out)
+    return Path(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from typing import Any, NoReturn
 
@@ -108,7 +109,7 @@ def _show(report: dict[str, Any], plot: str | None) -> None:
                   caption=f"{counts.get('decisions', 0)} decisions from {counts.get('eval_traces', 0)} held-out traces"
                           f" ({counts.get('decisions_too_long', 0)} longer prefixes left out), "
                           f"{counts.get('plans', 0)} plans; value and 95% interval; ★ primary, ↓ lower is better")
-    table.add_column("metric", style="bold")
+    table.add_column("metric", style="bold", no_wrap=True)
     for subject in subjects:
         table.add_column(SUBJECT_TITLES.get(subject, subject), justify="right")
     for key, title in METRIC_ROWS:
@@ -147,6 +148,10 @@ def eval_command(
     if version is not None and run is not None:
         _fail("give --version or --run, not both", 2)
     settings = get_settings()
+    from ccrl.agent.logging_setup import configure_logging
+
+    # The gate logs its decision: to stderr (the process's own), never into --json's stdout.
+    configure_logging(settings.agent.log_level, stream=sys.__stderr__)
     version_id, run_id = _target(settings, version, run)
     try:
         with manual_command("ccrl eval", wait=wait, home=settings.home):
