@@ -74,7 +74,9 @@ class StructuredProgressCallback(TrainerCallback):
 def curve_points(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     """Train and eval loss points from a trainer's ``log_history``."""
     train = [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h and "step" in h]
-    evals = [{"step": h["step"], "loss": h["eval_loss"]} for h in log_history if "eval_loss" in h and "step" in h]
+    # One eval point per step: the end-of-training evaluation can repeat the last epoch's.
+    by_step = {h["step"]: h["eval_loss"] for h in log_history if "eval_loss" in h and "step" in h}
+    evals = [{"step": step, "loss": loss} for step, loss in sorted(by_step.items())]
     return {"train": train, "eval": evals}
 
 

@@ -100,8 +100,10 @@ class SFTRunConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA branch."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch. 0 by default: any dropout keeps a copy of every adapted
+    layer's input for the backward pass (measured: 8.7 → 6.6 GiB peak for SmolLM2 at 2 x 1024
+    tokens on a CPU), and a few epochs over a small dataset gain little from it."""
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -135,9 +137,11 @@ class SFTRunConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass to save memory; ``None``: on with CUDA (long
-    sequences), off on a CPU (memory is not the limit there, time is)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass instead of keeping them. On a GPU it is what
+    lets 4096-token sequences fit; on a CPU it costs about 15% more time and saves about a third
+    of the memory (measured for SmolLM2 at 2 x 1024 tokens: 7.3 → 5.0 GiB peak), which decides
+    whether training fits next to everything else on a small machine."""
     logging_steps: int = 1
     """Log (progress line and loss-curve point) every this many optimizer steps."""
     save_steps: float = 0.1
@@ -368,7 +372,7 @@ def build_trainer(
     model, tokenizer = load_for_training(model_source, four_bit=four_bit)
     family = attach_template(tokenizer)
     max_length = config.max_length or (config.gpu_max_length if cuda else config.cpu_max_length)
-    checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    checkpointing = config.gradient_checkpointing
     bf16 = bool(cuda and __import__("torch").cuda.is_bf16_supported())
     args = SFTConfig(
         output_dir=str(output_dir),
