@@ -293,6 +293,13 @@ def _run_sft(
         _update(settings, previous.id, status="failed", error="interrupted before training started",
                 finished_at=utcnow())
         previous = None
+    if previous is not None:
+        try:
+            _sft_config(settings, previous.config["sft"], None, None)
+        except SFTError as exc:  # saved by another ccrl version with settings this one lacks
+            _update(settings, previous.id, status="failed", error=f"cannot resume: {exc}", finished_at=utcnow())
+            emit({"event": "notice", "message": f"SFT run {previous.id} cannot be resumed ({exc}); starting a new run."})
+            previous = None
     if previous is not None and not resume:
         _update(settings, previous.id, status="failed", error="abandoned: a new run was started with --no-resume",
                 finished_at=utcnow())

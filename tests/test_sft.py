@@ -431,7 +431,7 @@ def test_ccrl_train_cli(ccrl_home, small_batches, dataset, tiny_model):
     runner = CliRunner()
     no_data = runner.invoke(app, ["train", "--phase", "sft", "--base-model", str(tiny_model)])
     assert no_data.exit_code == 1 and "no dataset yet" in no_data.stderr and "Traceback" not in no_data.output
-    assert runner.invoke(app, ["train", "--phase", "ppo"]).exit_code == 2
+    assert runner.invoke(app, ["train", "--phase", "distill"]).exit_code == 2
 
     _add_version(1, dataset)
     if not torch.cuda.is_available():
