@@ -45,8 +45,8 @@ def test_held_out_data(dataset):
     fewer = load_eval_data(dataset, exclude_sessions={"session-eval-24", "session-eval-25"})
     assert fewer.counts["decisions"] == 8 and len(fewer.plans) == 4 and fewer.counts["eval_traces_excluded"] == 4
     # Size limits: long prefixes left out (counted), a seeded sample of the rest.
-    short = load_eval_data(dataset, EvalConfig(max_prompt_tokens=m.decision_points(
-        data.decisions[1].prefix + [{"role": "assistant", "content": ""}])[-1].prompt_tokens - 1))
+    limit = min(p.prompt_tokens for p in data.decisions if p.turn == 1) - 1  # every answer turn is longer
+    short = load_eval_data(dataset, EvalConfig(max_prompt_tokens=limit))
     assert short.counts["decisions_too_long"] == 6 and all(p.turn == 0 for p in short.decisions)
     sample = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2))
     assert len(sample.decisions) == 5 and sample.counts["decisions_not_sampled"] == 7 and len(sample.plans) == 2
