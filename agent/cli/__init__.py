@@ -11,6 +11,7 @@ import typer
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
 from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
 from ccrl.agent.cli import eval_cmd
+from ccrl.agent.cli import doctor_cmd
 
 app = typer.Typer(
     name="ccrl",
@@ -26,6 +27,7 @@ admin.register(app)  # status, purge
 dataset.register(app)  # build-dataset
 train.register(app)  # train
 eval_cmd.register(app)  # eval, ab, ab report
+doctor_cmd.register(app)  # doctor
 app.add_typer(hooks_cmd.app, name="hooks")
 app.add_typer(traces.app, name="traces")
 app.add_typer(config_cmd.app, name="config")
