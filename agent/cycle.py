@@ -300,6 +300,8 @@ def finish(cycle: Cycle, now: datetime | None = None) -> None:
         outcome = "trained"
     else:
         outcome = "nothing trained"
+    if outcome == "rejected" and steps.get("deploy", {}).get("status") == "skipped":
+        _set_step(cycle, "deploy", reason="the evaluation gate rejected the model")
     cycle.status, cycle.outcome, cycle.step = "completed", outcome, None
     cycle.finished_at = cycle.updated_at = now
     cycle.next_attempt_at = None

@@ -15,7 +15,8 @@ real ``ollama`` Python client talks to it unchanged:
   runs in llama-cpp-python (one thread), stopping at the model's stop parameters: a test can
   "ollama run" a deployed model.
 
-Models live in memory; blobs in a folder. ``requests`` records every (method, path) served.
+Models live in memory; blobs in a folder. ``requests`` records every (method, path) served;
+``fail_next`` makes one chosen request fail, as an Ollama that errors mid-deployment would.
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ class OllamaState:
         self.generate_lock = threading.Lock()
         self.llms: dict[str, Any] = {}
         self.requests: list[tuple[str, str]] = []
+        # "METHOD /path" -> (status, message): the next such request fails that way (an Ollama
+        # that errors mid-deployment), then the entry is removed.
+        self.fail_next: dict[str, tuple[int, str]] = {}
 
     def blob_path(self, digest: str) -> Path:
         match = DIGEST_RE.match(digest)
@@ -256,6 +260,10 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, routes: dict[str, Any]) -> None:
         self.state.requests.append((self.command, self.path))
         try:
+            failure = self.state.fail_next.pop(f"{self.command} {self.path}", None)
+            if failure is not None:
+                self._body()
+                raise HTTPError(*failure)
             for pattern, handler in routes.items():
                 match = re.fullmatch(pattern, self.path)
                 if match:
@@ -421,8 +429,12 @@ class Handler(BaseHTTPRequestHandler):
         stop = list(params.get("stop") or [])
         with self.state.generate_lock:
             llm = self.state.llm(model)
+            # Ollama's runner adds BOS when the GGUF asks for it; the rendered text's special
+            # tokens (<|im_start|>, ...) are parsed as such.
+            add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
+            tokens = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
             out = llm.create_completion(
-                prompt, max_tokens=int(params.get("num_predict") or 128),
+                tokens, max_tokens=int(params.get("num_predict") or 128),
                 temperature=float(params.get("temperature", 0.8)), top_k=int(params.get("top_k", 40)),
                 top_p=float(params.get("top_p", 0.9)), seed=int(params.get("seed", 0)), stop=stop or None,
             )

@@ -195,6 +195,13 @@ def test_the_gate_decides_deployment():
     rejected.steps["deploy"] = {"status": "skipped", "reason": precondition(rejected, "deploy")}
     finish(rejected)
     assert rejected.outcome == "rejected"
+    # Auto-deploy off and the gate said no: the record says the gate, not "stays a candidate".
+    off = new_cycle(1, AgentSettings(auto_deploy_ollama=False))
+    for step, result in [("dataset", {"dataset_version_id": 1}), ("sft", {"run_id": 1}),
+                         ("export", {"model_version_id": 1}), ("evaluate", {"passed": False})]:
+        apply_outcome(off, step, StepOutcome("done", result), agent)
+    finish(off)
+    assert off.outcome == "rejected" and off.steps["deploy"]["reason"] == "the evaluation gate rejected the model"
 
     unevaluated = new_cycle(1, agent)
     for step, result in [("dataset", {"dataset_version_id": 1}), ("sft", {"run_id": 1}),

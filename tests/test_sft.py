@@ -335,8 +335,18 @@ def test_agent_records_a_completed_run(ccrl_home, small_batches, dataset, tiny_m
     from ccrl.agent.training import run_training
 
     version_id = _add_version(1, dataset)
+    with session_scope() as session:  # an interrupted run saved with a setting this version lacks
+        stale = TrainingRun(phase="sft", status="interrupted", output_dir=str(ccrl_home / "gone"),
+                            config={"sft": {"lora_rank": 8}, "dataset_path": str(dataset), "model_source": "x"})
+        session.add(stale)
+        session.flush()
+        stale_id = stale.id
     events = []
     run = run_training("sft", base_model=str(tiny_model), max_steps=1, emit=events.append, progress_bar=False)
+    assert run.id != stale_id
+    with session_scope() as session:
+        old = session.get(TrainingRun, stale_id)
+        assert old.status == "failed" and "cannot resume" in old.error and "lora_rank" in old.error
     assert run.status == "completed" and run.phase == "sft" and run.dataset_version_id == version_id
     assert Path(run.output_dir) == ccrl_home / "models" / "sft" / f"run-{run.id}"
     assert ((ccrl_home / "models" / "sft").stat().st_mode & 0o777) == 0o700

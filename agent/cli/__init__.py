@@ -11,7 +11,8 @@ import typer
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
 from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
 from ccrl.agent.cli import eval_cmd
-from ccrl.agent.cli import doctor_cmd
+from ccrl.agent.cli import models_cmd
+from ccrl.agent.cli import demo_cmd, doctor_cmd
 
 app = typer.Typer(
     name="ccrl",
@@ -27,6 +28,8 @@ admin.register(app)  # status, purge
 dataset.register(app)  # build-dataset
 train.register(app)  # train
 eval_cmd.register(app)  # eval, ab, ab report
+models_cmd.register(app)  # export, deploy, rollback, models list|show
+demo_cmd.register(app)  # demo
 doctor_cmd.register(app)  # doctor
 app.add_typer(hooks_cmd.app, name="hooks")
 app.add_typer(traces.app, name="traces")

@@ -87,7 +87,8 @@ def _print_cycle(console: Console, data: dict[str, Any]) -> None:
     for name, entry in data["steps"].items():
         detail = entry.get("error") or entry.get("reason") or ""
         if entry.get("status") == "done":
-            detail = ", ".join(f"{k}={v}" for k, v in (entry.get("result") or {}).items() if not isinstance(v, dict))
+            detail = ", ".join(f"{k}={v}" for k, v in (entry.get("result") or {}).items()
+                               if not isinstance(v, (dict, list)) and v is not None)
         table.add_row(name, entry.get("status", ""), str(entry.get("attempts", 0)), detail)
     console.print(table)
     if data.get("error"):

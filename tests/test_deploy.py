@@ -1,0 +1,324 @@
+"""Deploying model versions to Ollama through the real ``ollama`` client, against the Ollama API
+server in ``tests/ollama_server.py`` (it renders the registered Go template with Go and runs the
+registered GGUF in llama-cpp-python, so a test can "ollama run" the deployed model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export_helpers import EXAMPLES, SYSTEM, expected_reply, overfit_gguf
+from ollama_server import OllamaTestServer, build_go_renderer
+
+NAME = "cc-claude-agent"
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "export-shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def go_binary(tmp_path_factory) -> Path:
+    return build_go_renderer(tmp_path_factory.mktemp("go"))
+
+
+@pytest.fixture
+def ollama_server(tmp_path, go_binary, monkeypatch):
+    with OllamaTestServer(tmp_path / "ollama", go_binary) as server:
+        monkeypatch.setenv("OLLAMA_HOST", server.host)
+        yield server
+
+
+@pytest.fixture
+def versions(ccrl_home, shared):
+    """Three candidate versions (q8_0, q4_k_m and f16 files of the overfit tiny model), as
+    ``ccrl export`` records them. Returns ``{number: quant}``."""
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import ModelVersion
+    from ccrl.agent.versions import add_history, gguf_dir
+
+    info = overfit_gguf(shared)
+    settings = get_settings()
+    out = gguf_dir(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = {}
+    with session_scope(settings) as session:
+        for number, quant in enumerate(("q8_0", "q4_k_m", "f16"), start=1):
+            variant = info["variants"][quant]
+            path = out / f"{NAME}-v{number}-{quant}.gguf"
+            shutil.copy2(variant["path"], path)
+            export = {**info["result"], "quant": quant}
+            export.pop("path")
+            version = ModelVersion(number=number, base_model="tiny-random-llama", gguf_path=str(path),
+                                   gguf_sha256=variant["sha256"], quant=quant, size_bytes=variant["size"],
+                                   metrics={"export": export})
+            add_history(version, "exported", quant=quant)
+            session.add(version)
+            numbers[number] = quant
+    return numbers
+
+
+def _client():
+    import ollama
+
+    return ollama.Client()  # OLLAMA_HOST
+
+
+def _digest(client, tag: str) -> str:
+    return {m.model: m.digest for m in client.list().models}[tag]
+
+
+def _rows():
+    from ccrl.agent.config import get_settings
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.versions import list_versions
+
+    with session_scope(get_settings()) as session:
+        rows = list_versions(session)
+        for row in rows:
+            session.expunge(row)
+    return {row.number: row for row in rows}
+
+
+def test_deploy_registers_the_version_and_ollama_runs_it(ollama_server, versions):
+    from ccrl.agent.deploy import deploy_version, modelfile_system, parse_show_parameters
+    from ccrl.trainers.ollama_template import family
+
+    lines = []
+    version = deploy_version(number=1, progress=lines.append)
+
+    assert (version.status, version.ollama_tag) == ("deployed", f"{NAME}:v1") and version.deployed_at
+    digest = f"sha256:{version.gguf_sha256}"
+    requests = ollama_server.requests
+    assert requests.index(("HEAD", f"/api/blobs/{digest}")) < requests.index(("POST", f"/api/blobs/{digest}"))
+    assert ("POST", "/api/create") in requests and ("POST", "/api/copy") in requests
+    assert any("uploading" in line for line in lines) and any("ollama: success" in line for line in lines)
+
+    client = _client()
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v1")
+    shown = client.show(NAME)
+    assert shown.template == family("chatml").template
+    assert modelfile_system(shown.modelfile) == SYSTEM["content"]
+    assert parse_show_parameters(shown.parameters) == {"num_ctx": [8192], "stop": ["<|im_end|>", "<|im_start|>"]}
+    assert "tools" in shown.capabilities
+
+    # "ollama run cc-claude-agent": the deployed model answers as trained and stops at its turn's end.
+    for conversation in EXAMPLES:
+        answer = client.generate(model=NAME, prompt=conversation[1]["content"], options={"temperature": 0})
+        assert answer.response == expected_reply(conversation)
+        assert answer.done_reason == "stop"
+    chat = client.chat(model=NAME, messages=[{"role": "user", "content": "Count to three."}],
+                       options={"temperature": 0})
+    assert chat.message.content == "One, two, three." and chat.done_reason == "stop"
+
+    row = _rows()[1]
+    assert row.metrics["ollama"]["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "num_ctx": 8192}
+    assert [e["event"] for e in row.metrics["history"]] == ["exported", "deployed"]
+
+
+def test_the_upload_is_skipped_when_ollama_already_has_the_blob(ollama_server, versions):
+    from ccrl.agent.deploy import deploy_version
+
+    rows = _rows()
+    digest = _client().create_blob(rows[2].gguf_path)  # e.g. an earlier, interrupted deployment
+    assert digest == f"sha256:{rows[2].gguf_sha256}"
+    ollama_server.requests.clear()
+
+    lines = []
+    deploy_version(number=2, progress=lines.append)
+    assert ("HEAD", f"/api/blobs/{digest}") in ollama_server.requests
+    assert not [r for r in ollama_server.requests if r[0] == "POST" and r[1].startswith("/api/blobs/")]
+    assert any("upload skipped" in line for line in lines)
+    assert _rows()[2].metrics["history"][-1]["uploaded"] is False
+
+
+def test_rollback_and_deploying_any_kept_version(ollama_server, versions):
+    from ccrl.agent.deploy import deploy_version, rollback
+    from ccrl.agent.versions import VersionError
+
+    client = _client()
+    deploy_version(number=1)
+    deploy_version(number=2)
+    rows = _rows()
+    assert (rows[1].status, rows[2].status, rows[3].status) == ("retired", "deployed", "candidate")
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v2")
+
+    restored = rollback(reason="v2 answers worse")
+    assert restored.number == 1
+    rows = _rows()
+    assert (rows[1].status, rows[2].status) == ("deployed", "rejected")
+    assert rows[2].metrics["history"][-1] == {**rows[2].metrics["history"][-1], "event": "rolled back", "to": 1,
+                                             "reason": "v2 answers worse"}
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v1")
+
+    with pytest.raises(VersionError, match="no version to roll back to"):
+        rollback()
+    with pytest.raises(VersionError, match="was rejected"):
+        deploy_version(number=2)
+    with pytest.raises(VersionError, match="--force needs --reason"):
+        deploy_version(number=2, force=True)
+    deploy_version(number=2, force=True, reason="the regression was in the eval set, not the model")
+    rows = _rows()
+    assert rows[2].status == "deployed" and rows[1].status == "retired"
+    assert rows[2].metrics["history"][-1]["forced"] is True
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v2")
+
+    deploy_version(number=3)  # any kept version, by number
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v3")
+    assert rollback().number == 2
+
+
+def test_rollback_registers_the_target_again_when_ollama_lost_it(ollama_server, versions):
+    from ccrl.agent.deploy import deploy_version, rollback
+
+    deploy_version(number=1)
+    deploy_version(number=2)
+    client = _client()
+    client.delete(f"{NAME}:v1")
+    assert f"{NAME}:v1" not in {m.model for m in client.list().models}
+    rollback()
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v1")
+    assert client.generate(model=NAME, prompt="Count to three.", options={"temperature": 0}).response == "One, two, three."
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_ollama_is_a_clear_error_and_the_version_stays_a_candidate(ccrl_home, versions, monkeypatch):
+    from ccrl.agent.deploy import OllamaUnreachable, deploy_version
+
+    host = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    with pytest.raises(OllamaUnreachable) as failure:
+        deploy_version(number=1)
+    message = str(failure.value)
+    assert f"OLLAMA_HOST={host}" in message and "ollama serve" in message and "stays" in message
+    row = _rows()[1]
+    assert row.status == "candidate" and row.ollama_tag is None and row.deployed_at is None
+    assert row.metrics["history"][-1]["event"] == "deploy failed"
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "ccrl"), "deploy", "--version", "1"],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 1 and "OLLAMA_HOST" in proc.stderr and "Traceback" not in proc.stderr
+    assert _rows()[1].status == "candidate"
+
+
+def test_an_ollama_error_mid_deployment_leaves_nothing_half_registered(ollama_server, versions):
+    from ccrl.agent.deploy import DeployError, deploy_version
+
+    deploy_version(number=1)
+    client = _client()
+    latest_before = _digest(client, f"{NAME}:latest")
+
+    ollama_server.state.fail_next["POST /api/copy"] = (500, "disk full")
+    with pytest.raises(DeployError, match="disk full") as failure:
+        deploy_version(number=2)
+    assert "HTTP 500" in str(failure.value) and "was not deployed" in str(failure.value)
+    tags = {m.model for m in client.list().models}
+    assert f"{NAME}:v2" not in tags  # removed again: it was never pointed at
+    assert _digest(client, f"{NAME}:latest") == latest_before
+    rows = _rows()
+    assert (rows[1].status, rows[2].status) == ("deployed", "candidate")
+
+    ollama_server.state.fail_next["POST /api/create"] = (500, "out of memory")
+    with pytest.raises(DeployError, match="out of memory"):
+        deploy_version(number=2)
+    assert f"{NAME}:v2" not in {m.model for m in client.list().models}
+    deploy_version(number=2)  # the next try (the agent's next cycle) succeeds
+    assert _rows()[2].status == "deployed"
+
+
+def test_a_file_changed_since_export_is_not_registered(ollama_server, versions):
+    from ccrl.agent.deploy import DeployError, deploy_version
+
+    path = Path(_rows()[1].gguf_path)
+    with open(path, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(DeployError, match="changed since it was exported"):
+        deploy_version(number=1)
+    assert not _client().list().models
+    assert _rows()[1].status == "candidate"
+
+
+def test_ollama_refuses_adapters_quantizing_a_gguf_and_a_wrong_digest(ollama_server, versions):
+    """The documented 400s, through the real client (what ccrl avoids by merging and quantizing
+    before registering)."""
+    import ollama
+
+    client = _client()
+    row = _rows()[1]
+    digest = client.create_blob(row.gguf_path)
+    with pytest.raises(ollama.ResponseError) as adapters:
+        client.create(model="x", files={"m.gguf": digest}, adapters={"a.gguf": digest})
+    assert adapters.value.status_code == 400 and "adapters" in adapters.value.error
+    with pytest.raises(ollama.ResponseError) as quantize:
+        client.create(model="x", files={"m.gguf": digest}, quantize="q4_K_M")
+    assert quantize.value.status_code == 400 and "quantiz" in quantize.value.error
+    wrong = "sha256:" + "0" * 64
+    import httpx
+
+    response = httpx.post(f"{ollama_server.host}/api/blobs/{wrong}", content=b"GGUF not this")
+    assert response.status_code == 400 and "digest mismatch" in response.text
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.create(model="x", files={"m.gguf": wrong})
+    assert missing.value.status_code == 400
+    assert not client.list().models
+
+
+def test_deploy_keeps_the_deployed_and_rollback_target_files_under_retention(ollama_server, versions, monkeypatch):
+    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.deploy import deploy_version, rollback
+
+    monkeypatch.setenv("CCRL_AGENT__KEEP_MODEL_VERSIONS", "1")
+    reset_settings_cache()
+    deploy_version(number=1)
+    rows = _rows()
+    # keep=1 keeps the newest (v3) and the deployed one (v1); v2's file goes and it is retired.
+    assert Path(rows[1].gguf_path).is_file() and Path(rows[3].gguf_path).is_file()
+    assert rows[2].gguf_path is None and rows[2].status == "retired"
+    deploy_version(number=3)
+    rows = _rows()
+    # v1 is now the rollback target: its file stays although it is neither newest nor deployed.
+    assert Path(rows[1].gguf_path).is_file() and rows[1].status == "retired"
+    assert rollback().number == 1
+
+
+def test_the_cli(ollama_server, versions):
+    ccrl = str(Path(sys.executable).parent / "ccrl")
+    env = {**os.environ, "COLUMNS": "250"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ccrl, *args], capture_output=True, text=True, env=env)
+
+    first = run("deploy", "--json")  # the newest candidate
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["number"] == 3 and "upload" in first.stderr
+    second = run("deploy", "--version", "1")
+    assert second.returncode == 0 and f"{NAME}:v1" in second.stdout and "ollama run cc-claude-agent" in second.stdout
+    listed = json.loads(run("models", "list", "--json").stdout)
+    assert [(v["number"], v["status"], v["rollback_target"]) for v in listed] == [
+        (1, "deployed", False), (2, "candidate", False), (3, "retired", True)]
+    table = run("models", "list").stdout
+    assert "rollback target" in table and "deployed" in table
+    back = run("rollback", "--json", "--reason", "testing")
+    assert back.returncode == 0 and json.loads(back.stdout)["number"] == 3
+    refused = run("deploy", "--version", "1", "--force")
+    assert refused.returncode == 2 and "--reason" in refused.stderr
+    nothing = run("rollback")
+    assert nothing.returncode == 1 and "no version to roll back to" in nothing.stderr
+    shown = run("models", "show", "1").stdout
+    assert "rolled back" in shown and "deployed" in shown
