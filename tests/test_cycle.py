@@ -97,14 +97,14 @@ def test_a_failed_cycle_waits_for_new_data(ccrl_home):
 
 
 def test_a_backlog_starts_one_cycle_on_all_of_it(ccrl_home):
-    """500 imported traces: one cycle (its dataset covers all of them), not ten."""
+    """200 imported traces (four cycles' worth): one cycle (its dataset covers all of them)."""
     settings = Settings()
-    add_usable_traces(settings, 500)
+    add_usable_traces(settings, 200)
     engine = CycleEngine(settings)
     first = engine.ensure_cycle()
     with session_scope(settings) as db:
         cycle = db.get(Cycle, first)
-        assert (cycle.number, cycle.new_traces, cycle.usable_traces, cycle.trace_watermark) == (1, 500, 500, 500)
+        assert (cycle.number, cycle.new_traces, cycle.usable_traces, cycle.trace_watermark) == (1, 200, 200, 200)
     add_usable_traces(settings, 60)  # more arrive while it runs: they wait for the next cycle
     for _ in range(3):
         assert engine.ensure_cycle() == first  # the same cycle, resumed
@@ -248,7 +248,7 @@ def test_a_result_written_before_the_agent_died_is_recorded_not_redone(ccrl_home
 @pytest.mark.parametrize("status", ["running", "waiting", "blocked"])
 def test_only_one_cycle_is_open_at_a_time(ccrl_home, status):
     settings = Settings()
-    add_usable_traces(settings, 120)
+    add_usable_traces(settings, 60)
     with session_scope(settings) as db:
         db.add(Cycle(number=1, status=status, steps=plan_steps(1, settings.agent), step="sft",
                      next_attempt_at=utcnow() + timedelta(hours=1) if status == "waiting" else None))
