@@ -124,7 +124,7 @@ def child_main(argv: list[str] | None = None) -> int:
     from ccrl.agent.logging_setup import configure_logging
 
     settings = get_settings()
-    configure_logging(settings.agent.log_level)
+    configure_logging(settings.agent.log_level, identifier="ccrl-agent")
     import structlog
 
     from ccrl.agent import steps

@@ -31,7 +31,7 @@ def run() -> None:
     from ccrl.agent.scheduler import Agent
 
     settings = _settings()
-    configure_logging(settings.agent.log_level)
+    configure_logging(settings.agent.log_level, identifier="ccrl-agent")  # the unit's SyslogIdentifier
     raise typer.Exit(Agent(settings).run())
 
 
