@@ -84,7 +84,7 @@ def agent_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
 
 
 def _metric(metrics: dict[str, Any]) -> str:
-    for key in ("eval_loss_after", "reward_after", "train_loss"):
+    for key in ("eval_loss_after", "heldout_reward_after", "train_loss"):
         value = (metrics or {}).get(key)
         if isinstance(value, (int, float)):
             return f" {key}={value:.4g}"

@@ -17,7 +17,7 @@ from rich.table import Table
 app = typer.Typer(help="Training history: every cycle and run, with metrics and plots.", no_args_is_help=True)
 
 # Metrics worth a column in the list, in order of preference.
-_HEADLINE = ("eval_loss_after", "eval_loss", "train_loss", "reward_after", "mean_reward", "global_step")
+_HEADLINE = ("eval_loss_after", "heldout_reward_after", "train_loss", "train_reward_last", "global_step")
 
 
 def _iso(value: Any) -> str | None:
@@ -140,10 +140,10 @@ def list_runs(
         return
     if data["cycles"]:
         table = Table(title="Cycles")
-        for col in ("cycle", "trigger", "status", "outcome", "new traces", "dataset", "runs", "version", "took"):
+        for col in ("cycle", "status", "outcome", "new traces", "dataset", "runs", "version", "took"):
             table.add_column(col)
         for c in data["cycles"]:
-            table.add_row(str(c["number"]), c["trigger"], c["status"], c["outcome"] or (c["step"] or ""),
+            table.add_row(str(c["number"]), c["status"], c["outcome"] or (c["step"] or ""),
                           str(c["new_traces"]), f"v{c['dataset_version_number']}" if c["dataset_version_number"] else "",
                           ", ".join(str(r) for r in c["runs"]),
                           f"v{c['model_version_number']}" if c["model_version_number"] else "", _duration(c["duration_s"]))
@@ -192,7 +192,8 @@ def show(
         for col in ("step", "status", "tries", "detail"):
             table.add_column(col, overflow="fold")
         for name, entry in found["steps"].items():
-            detail = entry.get("error") or entry.get("reason") or json.dumps(entry.get("result") or {}, default=str)
+            detail = entry.get("error") or entry.get("reason") or ", ".join(
+                f"{k}={v}" for k, v in (entry.get("result") or {}).items() if not isinstance(v, (dict, list)))
             table.add_row(name, entry.get("status", ""), str(entry.get("attempts", 0)), detail)
         console.print(table)
         for run in found_runs:
