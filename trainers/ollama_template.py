@@ -22,7 +22,9 @@ what the templates account for:
   template does not write ``<|begin_of_text|>`` itself.
 - A tool call's arguments are printed with Ollama's own JSON encoder (``{{ .Function.Arguments }}``):
   compact, keys in order, ``<``, ``>`` and ``&`` escaped. Training text matches it byte for byte
-  when the call's ``arguments`` string was written by :func:`ollama_arguments_json`.
+  when the call's ``arguments`` string was written by :func:`ollama_arguments_json`; the dataset
+  builder's ``conversation.tool_arguments`` writes ``json.dumps`` with spaces today, so earlier
+  calls in an Ollama conversation reach the model compact instead.
 - The tool call is the first text inside ``{{ if .ToolCalls }}``: Ollama finds the tool-call tag
   (``<tool_call>``) there to parse the model's calls out of its output.
 - The tool list (``.Tools``) is written one JSON object per line with Ollama's encoder (compact,
