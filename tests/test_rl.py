@@ -180,7 +180,8 @@ def test_grpo_raises_the_reward_when_one_plan_is_clearly_best(warm, prompts, tmp
     the first steps, and the held-out reward after the run is above the one before."""
     events = []
     out = tmp_path / "run"
-    config = RLConfig(episodes=24, num_generations=4, prompts_per_step=2, learning_rate=2e-3, max_completion_length=128,
+    config = RLConfig(episodes=24, num_generations=4, prompts_per_step=2, completions_per_forward=4,
+                      learning_rate=2e-3, max_completion_length=128,
                       eval_prompts=1, eval_generations=8, merge=True, save_steps=6, cpu_threads=1, lora_r=8, lora_alpha=16)
     assert R.total_reward(R.score_components(GOOD, R.make_reference(prompt_row(0)["reference_signals"]))) == 1.0
     assert R.total_reward(R.score_components(BLIND, R.make_reference(prompt_row(0)["reference_signals"]))) == pytest.approx(0.5)
@@ -188,6 +189,7 @@ def test_grpo_raises_the_reward_when_one_plan_is_clearly_best(warm, prompts, tmp
     m = result.metrics
     assert (m["algorithm"], m["global_step"], m["max_steps"], m["episodes"], m["completions"]) == ("grpo", 12, 12, 24, 96)
     assert m["device"] == "cpu" and m["num_generations"] == 4 and m["prompts"] == 1 and m["heldout_prompts"] == 1
+    assert m["completions_per_forward"] == 4
 
     rewards = [e["reward"] for e in events if e["event"] == "train.progress"]
     assert len(rewards) == 12
@@ -224,6 +226,7 @@ def test_rloo_is_selectable(models, prompts, tmp_path):
     result = train_rl(prompts, tmp_path / "run", models["tiny"], quick(algorithm="rloo", episodes=2),
                       progress_bar=False, emit=lambda e: None)
     assert result.metrics["algorithm"] == "rloo" and result.metrics["global_step"] == 1
+    assert result.metrics["completions_per_forward"] == 1  # the CPU default: one completion per pass
     assert len(json.loads((tmp_path / "run" / "reward_curve.json").read_text())["total"]) == 1
 
 
@@ -341,6 +344,8 @@ def test_bad_inputs_are_clear_errors(models, prompts, tmp_path):
     DatasetDict(train=Dataset.from_list([row])).save_to_disk(str(tmp_path / "nosignals"))
     with pytest.raises(RLError, match="lacks the column.*reference_signals"):
         train_rl(tmp_path / "nosignals", tmp_path / "o2", models["tiny"], quick())
+    with pytest.raises(RLError, match="completions_per_forward=3 must divide num_generations x prompts_per_step = 4"):
+        train_rl(prompts, tmp_path / "o6", models["tiny"], quick(completions_per_forward=3))
     with pytest.raises(RLError, match="every RL prompt is longer than max_prompt_length=4"):
         train_rl(prompts, tmp_path / "o3", models["tiny"], quick(max_prompt_length=4))
     train_rl(prompts, tmp_path / "o4", models["tiny"], quick(episodes=2), progress_bar=False, emit=lambda e: None)

@@ -106,6 +106,11 @@ class RLConfig:
     CUDA (TRL's default), 4 on a CPU."""
     prompts_per_step: int = 2
     """Prompts (groups) per optimizer step."""
+    completions_per_forward: int | None = None
+    """Completions in one forward/backward pass, accumulated up to the whole step (so the update
+    is the same); ``None``: a prompt's whole group on CUDA, 1 on a CPU, where the activations of
+    long prompts add up (SmolLM2 with four ~1,300-token sequences per pass peaked at 15 GB).
+    Must divide ``num_generations * prompts_per_step``."""
     learning_rate: float = 1.4e-5
     """Learning rate of AdamW on the new adapter (the original design's PPO value)."""
     lr_scheduler_type: str = "constant"
@@ -464,15 +469,19 @@ def resolve_start(start_model: Path | str, output_dir: Path, merge_dtype: str) -
 
 
 def _trainer_args(config: RLConfig, output_dir: Path, *, cuda: bool, max_steps: int, num_generations: int,
-                  max_completion_length: int, progress_bar: bool) -> Any:
+                  max_completion_length: int, progress_bar: bool, per_forward: int | None = None) -> Any:
     import torch
 
+    per_forward = per_forward or num_generations
+    per_step = num_generations * config.prompts_per_step
     checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
     common = dict(
         output_dir=str(output_dir),
         max_steps=max_steps,
-        per_device_train_batch_size=num_generations,  # one prompt's group per forward pass
-        gradient_accumulation_steps=config.prompts_per_step,
+        # One optimizer step = prompts_per_step groups, generated together and scored in passes of
+        # per_forward completions (TRL generates once per step: steps_per_generation = accumulation).
+        per_device_train_batch_size=per_forward,
+        gradient_accumulation_steps=per_step // per_forward,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
         max_grad_norm=config.max_grad_norm,
@@ -486,7 +495,7 @@ def _trainer_args(config: RLConfig, output_dir: Path, *, cuda: bool, max_steps: 
         mask_truncated_completions=config.mask_truncated_completions,
         disable_dropout=True,
         shuffle_dataset=False,  # episode_rows already fixed a seeded order (and resume relies on it)
-        gradient_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing,  # the name transformers 5 uses (gradient_checkpointing is its deprecated alias)
         bf16=bool(cuda and torch.cuda.is_bf16_supported()),
         fp16=False,
         use_cpu=not cuda,
@@ -636,11 +645,15 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
     steps = math.ceil(config.episodes / config.prompts_per_step)
     if config.max_steps > 0:
         steps = min(steps, config.max_steps)
+    per_step = num_generations * config.prompts_per_step
+    per_forward = config.completions_per_forward or (num_generations if cuda else 1)
+    if per_forward < 1 or per_step % per_forward:
+        raise RLError(f"completions_per_forward={per_forward} must divide num_generations x prompts_per_step = {per_step}")
     order = episode_rows(len(train), steps * config.prompts_per_step, config.seed)
     episodes = Dataset.from_list([train[i] for i in order])
 
     args = _trainer_args(config, output_dir, cuda=cuda, max_steps=steps, num_generations=num_generations,
-                         max_completion_length=max_completion, progress_bar=progress_bar)
+                         max_completion_length=max_completion, progress_bar=progress_bar, per_forward=per_forward)
     stopper = _StopOnRequest(should_stop) if should_stop is not None else None
     callbacks = _callbacks(emit, output_dir, output_dir.name, structured=not progress_bar)
     if stopper is not None:
@@ -712,6 +725,7 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
         "template_family": family.name,
         "start_model": source,
         "num_generations": num_generations,
+        "completions_per_forward": per_forward,
         "max_completion_length": max_completion,
         "max_prompt_length": max_prompt,
         "prompts": len(train),
