@@ -362,6 +362,7 @@ def deploy_version(model_version_id: int | None = None, *, number: int | None = 
     with session_scope(settings) as session:
         version = _pick(session, model_version_id, number)
         _check_deployable(version, force, reason)
+        overrides_gate = force and (version.status == REJECTED or (version.gate or {}).get("passed") is False)
         session.expunge(version)
     template, system, parameters = registration_for(settings, version)
     registration, latest = _register_and_point(settings, version, template, system, parameters, name, host, progress)
@@ -380,6 +381,10 @@ def deploy_version(model_version_id: int | None = None, *, number: int | None = 
         apply_retention(session, settings.agent.keep_model_versions)
         session.flush()
         session.expunge(row)
+    if overrides_gate:
+        from ccrl.agent.gate import record_override  # the gate's record of the override, logged as a warning
+
+        record_override(row.id, reason or "", settings=settings)
     return row
 
 

@@ -171,7 +171,11 @@ def test_rollback_and_deploying_any_kept_version(ollama_server, versions):
     deploy_version(number=2, force=True, reason="the regression was in the eval set, not the model")
     rows = _rows()
     assert rows[2].status == "deployed" and rows[1].status == "retired"
-    assert rows[2].metrics["history"][-1]["forced"] is True
+    forced = [e for e in rows[2].metrics["history"] if e["event"] == "deployed" and e.get("forced")]
+    assert forced and forced[-1]["reason"] == "the regression was in the eval set, not the model"
+    # The evaluation gate's own record of the override (ccrl.agent.gate).
+    assert rows[2].gate["override"]["reason"] == "the regression was in the eval set, not the model"
+    assert rows[2].metrics["history"][-1]["event"] == "gate overridden"
     assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v2")
 
     deploy_version(number=3)  # any kept version, by number
