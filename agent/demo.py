@@ -88,14 +88,16 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo",
         description="finishes in about a quarter of an hour on a 2-core CPU",
-        train={"base_model": "smollm2", "num_epochs": 1, "batch_size": 2, "learning_rate": 1e-3, "lora_r": 16,
+        train={"base_model": "smollm2", "num_epochs": 1, "batch_size": 1, "learning_rate": 6e-4, "lora_r": 16,
                "num_episodes": 8},
-        sft={"cpu_max_length": 1024, "gradient_accumulation_steps": 2, "eval_each_epoch": False,
-             "save_steps": 0.5, "save_total_limit": 1},
-        rl={"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 128, "eval_prompts": 4,
+        # One sequence per forward pass (no padding), no activation checkpointing (memory is not
+        # the limit at 768 tokens), capped at 30 optimizer steps of 4 sequences (about one epoch).
+        sft={"cpu_max_length": 768, "gradient_accumulation_steps": 4, "gradient_checkpointing": False,
+             "eval_each_epoch": False, "max_steps": 30, "save_steps": 0.5, "save_total_limit": 1},
+        rl={"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 160, "eval_prompts": 4,
             "eval_generations": 2, "save_steps": 0.5, "save_total_limit": 1},
-        eval={"max_decisions": 32, "decision_max_new_tokens": 64, "max_prompt_tokens": 1024, "max_plans": 4,
-              "plan_max_new_tokens": 128},
+        eval={"max_decisions": 32, "decision_max_new_tokens": 96, "max_prompt_tokens": 640, "max_plans": 4,
+              "plan_max_new_tokens": 160},
     ),
     "ci": Profile(
         name="ci",
@@ -149,7 +151,8 @@ def budget_values(profile: Profile | None, *, cuda: bool = False) -> dict[str, A
         rl_prompts = min(rl_prompts, train.max_steps * rl["prompts_per_step"])
     return {
         "base_model": "SmolLM2-135M-Instruct (embedded)" if base in ("smollm2", "embedded", "smollm2-135m-instruct") else base,
-        "epochs": f"{train.num_epochs:g}" + (f" (at most {train.max_steps} steps)" if train.max_steps else ""),
+        "epochs": f"{train.num_epochs:g}" + (f" (at most {cap} steps)" if (cap := sft.get("max_steps", -1)) > 0
+                                             or (cap := train.max_steps or -1) > 0 else ""),
         "max_length": max_length,
         "batch": f"{train.batch_size} x {sft['gradient_accumulation_steps']}",
         "sft_lr": f"{train.learning_rate:g}",
@@ -639,7 +642,7 @@ STEPS: list[tuple[str, str, Callable[[DemoState, StepProgress], dict[str, Any]]]
     ("samples", "Load the sample sessions", step_samples),
     ("import", "Import them (ccrl import)", step_import),
     ("dataset", "Build the dataset (ccrl build-dataset)", step_dataset),
-    ("sft", "SFT on the embedded default (ccrl train --phase sft)", step_sft),
+    ("sft", "SFT with LoRA (ccrl train --phase sft)", step_sft),
     ("rl", "RL: GRPO on the behavioural reward (ccrl train --phase rl)", step_rl),
     ("export", "Export to GGUF (ccrl export)", step_export),
     ("evaluate", "Evaluate base vs trained vs baselines (the deployment gate)", step_evaluate),

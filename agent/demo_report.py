@@ -118,8 +118,7 @@ def draw_metric_table(result: Any, path: Path) -> Path | None:
     decisions = next((s["metrics"].get("counts", {}).get("decisions") for _, s in _subjects(result)
                       if (s.get("metrics") or {}).get("counts")), None)
     ax.set_title(f"Held-out evaluation ({decisions} next-action decisions; 95% intervals)", loc="left", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
     return path
 
@@ -142,8 +141,8 @@ def draw_primary_chart(result: Any, path: Path) -> Path | None:
     highs = [(p[3] if p[3] is not None else p[1]) - p[1] for p in points]
     colors = ["#b0b0b0" if p[4] else ("#2e8b57" if p[5] else "#4a78b5") for p in points]
     ax.barh(labels, values, xerr=[lows, highs], color=colors, capsize=4)
-    for y, value in enumerate(values):
-        ax.text(min(value + 0.02, 0.9), y, f"{value:.2f}", va="center", fontsize=9)
+    for y, (value, high) in enumerate(zip(values, highs)):
+        ax.text(min(value + high + 0.015, 0.93), y, f"{value:.2f}", va="center", fontsize=9)
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_xlabel("teacher-forced next-action agreement with Claude (95% Wilson interval)")

@@ -187,6 +187,11 @@ def demo_command(
 
     if profile not in PROFILES:
         _fail(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}", code=2)
+    from ccrl.agent.logging_setup import configure_logging
+
+    # Warnings only, to the process's own stderr (never into --json's stdout, nor through the
+    # progress bars): the gate's decision and the runs' numbers are in the report.
+    configure_logging("warning", stream=sys.__stderr__)
     user_home = get_settings().home
     demo_dir = directory or default_demo_dir(user_home)
     interactive = _err.is_terminal and not as_json
