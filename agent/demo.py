@@ -469,6 +469,7 @@ def _train(state: DemoState, progress: StepProgress, phase: str, **kwargs: Any) 
     if phase not in PHASES:
         raise Unavailable(f"the {phase} phase is not part of this installation yet")
     progress.update(total=None, description="loading the model")
+    _quiet_library_progress()
     try:
         return run_training(phase, settings=state.settings, emit=_training_emit(progress, phase.upper()),
                             progress_bar=False, should_stop=lambda: False, **kwargs)
@@ -479,6 +480,18 @@ def _train(state: DemoState, progress: StepProgress, phase: str, **kwargs: Any) 
         if missing in _EXTRA_FOR:
             raise Unavailable(f"the {phase.upper()} trainer needs '{missing}': pip install 'ccrl[{_EXTRA_FOR[missing]}]'") from None
         raise
+
+
+def _quiet_library_progress() -> None:
+    """The demo shows its own bars: no transformers/datasets bars (e.g. the one-time conversion
+    of the embedded model) in between."""
+    try:
+        import datasets
+        from transformers.utils import logging as hf_logging
+    except ModuleNotFoundError:
+        return
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _metric_summary(run: Any, keys: tuple[str, ...]) -> dict[str, Any]:
