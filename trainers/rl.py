@@ -495,7 +495,6 @@ def _trainer_args(config: RLConfig, output_dir: Path, *, cuda: bool, max_steps: 
         mask_truncated_completions=config.mask_truncated_completions,
         disable_dropout=True,
         shuffle_dataset=False,  # episode_rows already fixed a seeded order (and resume relies on it)
-        activation_checkpointing=checkpointing,  # the name transformers 5 uses (gradient_checkpointing is its deprecated alias)
         bf16=bool(cuda and torch.cuda.is_bf16_supported()),
         fp16=False,
         use_cpu=not cuda,
@@ -512,10 +511,21 @@ def _trainer_args(config: RLConfig, output_dir: Path, *, cuda: bool, max_steps: 
     if config.algorithm == "grpo":
         from trl import GRPOConfig
 
-        return GRPOConfig(loss_type=config.loss_type, scale_rewards=config.scale_rewards, **common)
+        return GRPOConfig(loss_type=config.loss_type, scale_rewards=config.scale_rewards,
+                          **_checkpointing(GRPOConfig, checkpointing), **common)
     from trl import RLOOConfig
 
-    return RLOOConfig(**common)
+    return RLOOConfig(**_checkpointing(RLOOConfig, checkpointing), **common)
+
+
+def _checkpointing(config_class: Any, enabled: bool) -> dict[str, bool]:
+    """The activation-checkpointing switch under the name this transformers version takes:
+    ``activation_checkpointing`` from 5.23 on (where ``gradient_checkpointing`` is a deprecated
+    alias), ``gradient_checkpointing`` before it (GPU images often ship an older transformers)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def _trainer_class(algorithm: str) -> Any:
