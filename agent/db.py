@@ -47,6 +47,48 @@ def _sqlite_file(url: str) -> Path | None:
     return None
 
 
+# How long opening a connection to a database server may take: a laptop off the network must
+# not stall the agent's jobs (the hook never opens the store at all).
+CONNECT_TIMEOUT_S = 10
+
+
+def _server_options(url: str) -> dict:
+    """Engine arguments for a database server. PostgreSQL sessions run in UTC: the store's
+    datetime columns are naive ``timestamp`` holding UTC (as on SQLite), and an aware value
+    is converted with the session's time zone on the way in."""
+    if url.startswith(("postgresql", "postgres")):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC"}}
+    return {}
+
+
+def _psycopg_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    """PostgreSQL's text types cannot hold NUL (U+0000), which SQLite stores and which tool
+    outputs and payloads may carry: on PostgreSQL a NUL in a text value is written as U+FFFD
+    (the replacement character) instead of failing the whole transaction. JSON columns are not
+    affected (JSON escapes it as ``\\u0000``)."""
+    from psycopg.adapt import Dumper, PyFormat
+
+    adapters = dbapi_conn.adapters
+    bases = [adapters.get_dumper(str, fmt) for fmt in (PyFormat.BINARY, PyFormat.AUTO)]
+    for base in bases:  # the AUTO one last: it stays the default for str
+
+        class NulSafe(Dumper):
+            format = base.format
+            inner_class = base
+
+            def __init__(self, cls, context=None):  # noqa: ANN001
+                super().__init__(cls, context)
+                self.inner = self.inner_class(cls, context)
+                self.oid = self.inner.oid
+
+            def dump(self, obj):  # noqa: ANN001
+                if "\x00" in obj:
+                    obj = obj.replace("\x00", "\ufffd")
+                return self.inner.dump(obj)
+
+        adapters.register_dumper(str, NulSafe)
+
+
 def get_engine(settings: Settings | None = None) -> Engine:
     """The engine for the configured store, created (and migrated) on first use."""
     settings = settings or get_settings()
@@ -75,8 +117,14 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True)
-    migrate(engine)
+        engine = create_engine(url, pool_pre_ping=True, **_server_options(url))
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+            event.listen(engine, "connect", _psycopg_connect)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()  # unreachable or refused: the next call starts afresh
+        raise
     if sqlite_file is not None:
         # WAL side files are created by SQLite with the umask; keep them private too.
         for suffix in ("-wal", "-shm"):

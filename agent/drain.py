@@ -38,6 +38,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from ccrl.agent import origin
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_dir, get_engine
 from ccrl.agent.models import HookEvent, Quarantine
@@ -176,6 +177,10 @@ def _insert_ignoring_duplicate(conn: Connection, values: dict[str, Any]) -> bool
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         stmt = dialect_insert(_HOOK_EVENTS).values(**values).on_conflict_do_nothing(
             index_elements=["event_key"])
+        if dialect == "postgresql":
+            # The PostgreSQL dialect adds RETURNING to an insert, and then reports no rowcount
+            # (-1): the returned row says whether one was inserted.
+            return conn.execute(stmt.returning(_HOOK_EVENTS.c.id)).first() is not None
         return conn.execute(stmt).rowcount == 1
     exists = conn.execute(
         select(_HOOK_EVENTS.c.id).where(_HOOK_EVENTS.c.event_key == values["event_key"])
@@ -200,7 +205,7 @@ def _insert_quarantine(conn: Connection, item: _Input, reason: str) -> bool:
     if exists:
         return False
     conn.execute(insert(_QUARANTINE).values(received_at=received, source=item.source,
-                                            reason=reason, payload=payload))
+                                            reason=reason, payload=payload, **origin.stamp()))
     return True
 
 
@@ -235,6 +240,7 @@ def _store_one(conn: Connection, item: _Input, report: DrainReport, seen: set[st
         "payload": payload,
     }
     values.update({name: _text_id(event.get(name)) for name in ID_FIELDS})
+    values.update(origin.stamp())  # who and which machine: a shared store holds a whole team's
     if _insert_ignoring_duplicate(conn, values):
         report.stored += 1
     else:

@@ -45,10 +45,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlalchemy import delete as sql_delete
 from sqlmodel import Session as DBSession
 from sqlmodel import col, func, select
 
+from ccrl.agent import origin
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_file, get_engine
 from ccrl.agent.hook_turns import HookView, hook_steps, turns_from_events
@@ -584,6 +586,7 @@ class _TraceStore:
         if status != "open" or trace.status in (None, "", "open"):
             trace.status = status
         trace.source = _source(trace.source if trace.id is not None else None, turn.sources)
+        _stamp_origin(trace)
         self.db.add(trace)
         self.db.flush()
         assert trace.id is not None
@@ -680,6 +683,13 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _stamp_origin(row: Session | Trace) -> None:
+    """Record who and which machine a session or trace came from, once: rebuilding happens on
+    the machine that captured it (its transcripts are there), and the first stamp stays."""
+    if row.user_name is None and row.hostname is None:
+        row.user_name, row.hostname = origin.member(), origin.hostname()
+
+
 def _upsert_session(db: DBSession, session_id: str, hook: HookView, parsed: ParsedSession | None) -> Session:
     row = db.get(Session, session_id)
     if row is None:
@@ -702,6 +712,7 @@ def _upsert_session(db: DBSession, session_id: str, hook: HookView, parsed: Pars
     row.ended_at = max(ends) if ends else None
     row.end_reason = hook.end_reason or row.end_reason
     row.updated_at = utcnow()
+    _stamp_origin(row)
     db.add(row)
     db.flush()
     return row
@@ -715,7 +726,7 @@ def quarantine_lines(db: DBSession, bad_lines: list[BadLine]) -> int:
             select(Quarantine.id).where(Quarantine.source == bad.path, Quarantine.reason == bad.reason)
         ).first()
         if exists is None:
-            db.add(Quarantine(source=bad.path, reason=bad.reason, payload=redact_bytes(bad.raw)))
+            db.add(Quarantine(source=bad.path, reason=bad.reason, payload=redact_bytes(bad.raw), **origin.stamp()))
     return len(bad_lines)
 
 
@@ -884,10 +895,17 @@ def rebuild_changed_sessions(settings: Settings | None = None) -> IngestReport:
     watched: dict[str, Any] = {k: v for k, v in dict(state.get("transcripts") or {}).items() if isinstance(v, dict)}
     with DBSession(get_engine(settings)) as db:
         max_id = db.exec(select(func.max(HookEvent.id))).one() or 0
+        # Only this machine's events (and those of unknown origin, stored before origins were
+        # recorded): on a store a team shares, another member's sessions are rebuilt on their
+        # own machine, where their transcripts are. This machine's events are drained under the
+        # ingest lock, so all of them up to max_id have committed by now, whatever ids other
+        # machines' concurrent inserts take meanwhile.
         fresh = set(
             db.exec(
                 select(HookEvent.session_id)
-                .where(HookEvent.id > last_id, HookEvent.id <= max_id, col(HookEvent.session_id).is_not(None))
+                .where(HookEvent.id > last_id, HookEvent.id <= max_id, col(HookEvent.session_id).is_not(None),
+                       or_(col(HookEvent.hostname).is_(None),
+                           and_(HookEvent.hostname == origin.hostname(), HookEvent.user_name == origin.member())))
                 .distinct()
             ).all()
         )

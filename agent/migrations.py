@@ -8,7 +8,8 @@ that the migrated schema matches ``models.py`` exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -259,6 +261,46 @@ def m005_purged_sessions(conn: Connection) -> None:
     md.create_all(conn)
 
 
+# The tables whose rows come from one member's machine (see m006_member_origin).
+ORIGIN_TABLES = ("sessions", "traces", "hook_events", "quarantine")
+
+
+@migration
+def m006_member_origin(conn: Connection) -> None:
+    """Who and which machine each captured row came from (a team shares one store): the
+    member's user name and the host's name on sessions, traces, hook events and quarantined
+    input. Rows stored before are left NULL (unknown: they predate sharing)."""
+    for table in ORIGIN_TABLES:
+        for column in ("user_name", "hostname"):
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} VARCHAR"))
+    conn.execute(text("CREATE INDEX ix_traces_user_name ON traces (user_name)"))
+    conn.execute(text("CREATE INDEX ix_hook_events_hostname ON hook_events (hostname)"))
+
+
+@migration
+def m007_postgres_column_types(conn: Connection) -> None:
+    """On PostgreSQL, the column types ``models.py`` declares, where the first migrations'
+    generic types gave others (SQLite, which has one type for each, is left as it is):
+
+    - every datetime as ``timestamp with time zone``: sqlmodel's datetime type is time-zone
+      aware, and the stored naive values were UTC (``AT TIME ZONE 'UTC'`` keeps each instant);
+    - ``model_versions.size_bytes`` as ``bigint``: a GGUF over 2 GiB overflows ``integer``.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    insp = inspect(conn)
+    for table in insp.get_table_names():
+        if table == MIGRATIONS_TABLE:
+            continue
+        for column in insp.get_columns(table):
+            kind = column["type"]
+            if isinstance(kind, DateTime) and not getattr(kind, "timezone", False):
+                name = column["name"]
+                conn.execute(text(f'ALTER TABLE {table} ALTER COLUMN "{name}" TYPE TIMESTAMP WITH TIME ZONE '
+                                  f'USING "{name}" AT TIME ZONE \'UTC\''))
+    conn.execute(text("ALTER TABLE model_versions ALTER COLUMN size_bytes TYPE BIGINT"))
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,
@@ -281,14 +323,38 @@ def migrate(engine: Engine, upto: str | None = None) -> list[str]:
 
     done_now: list[str] = []
     table = _migrations_table(MetaData())
-    with engine.begin() as conn:
-        table.create(conn, checkfirst=True)
-    for name, fn in MIGRATIONS:
+    with _exclusive(engine):
         with engine.begin() as conn:
-            if name not in applied(conn):
-                fn(conn)
-                conn.execute(table.insert().values(name=name, applied_at=time.time()))
-                done_now.append(name)
-        if name == upto:
-            break
+            table.create(conn, checkfirst=True)
+        for name, fn in MIGRATIONS:
+            with engine.begin() as conn:
+                if name not in applied(conn):
+                    fn(conn)
+                    conn.execute(table.insert().values(name=name, applied_at=time.time()))
+                    done_now.append(name)
+            if name == upto:
+                break
     return done_now
+
+
+# pg_advisory_lock's key for migrating (any constant; "ccrl" in ASCII).
+_PG_MIGRATE_LOCK = 0x6363726C
+
+
+@contextmanager
+def _exclusive(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time. Several agents share a PostgreSQL store and start
+    together: without this, two would both see a migration unapplied and both run it. The
+    advisory lock is held by a connection of its own for the whole run (each migration
+    commits separately). SQLite serialises writers by itself."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as lock_conn:
+        lock_conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATE_LOCK})
+        lock_conn.commit()
+        try:
+            yield
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_MIGRATE_LOCK})
+            lock_conn.commit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -35,6 +35,8 @@ class Session(SQLModel, table=True):
     end_reason: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    user_name: str | None = Field(default=None, description="The member whose machine captured it")
+    hostname: str | None = Field(default=None, description="The machine that captured it")
 
 
 class Trace(SQLModel, table=True):
@@ -57,8 +59,8 @@ class Trace(SQLModel, table=True):
     prompt_id: str | None = None
     user_uuid: str | None = None
     seq: int = Field(default=0, description="Order of the turn within its session")
-    prompt: str = ""
-    response: str = ""
+    prompt: str = Field(default="", sa_type=Text)
+    response: str = Field(default="", sa_type=Text)
     reasoning: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     signals: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -70,6 +72,8 @@ class Trace(SQLModel, table=True):
     ended_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    user_name: str | None = Field(default=None, index=True, description="The member whose machine captured it")
+    hostname: str | None = Field(default=None, description="The machine that captured it")
 
 
 class ToolCall(SQLModel, table=True):
@@ -83,7 +87,7 @@ class ToolCall(SQLModel, table=True):
     seq: int = 0
     name: str = ""
     input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    output: str | None = Field(default=None, description="Redacted, possibly truncated result")
+    output: str | None = Field(default=None, sa_type=Text, description="Redacted, possibly truncated result")
     is_error: bool = False
     is_interrupt: bool = False
     duration_ms: int | None = None
@@ -104,6 +108,8 @@ class HookEvent(SQLModel, table=True):
     prompt_id: str | None = None
     agent_id: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    user_name: str | None = Field(default=None, description="The member whose machine captured it")
+    hostname: str | None = Field(default=None, index=True, description="The machine that captured it")
 
 
 class Quarantine(SQLModel, table=True):
@@ -116,6 +122,8 @@ class Quarantine(SQLModel, table=True):
     source: str = Field(description="inbox, spool or transcript path")
     reason: str
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    user_name: str | None = Field(default=None, description="The member whose machine captured it")
+    hostname: str | None = Field(default=None, description="The machine that captured it")
 
 
 class DatasetVersion(SQLModel, table=True):
@@ -171,7 +179,7 @@ class ModelVersion(SQLModel, table=True):
     gguf_path: str | None = None
     gguf_sha256: str | None = None
     quant: str | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     ollama_tag: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     gate: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
