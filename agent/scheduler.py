@@ -8,6 +8,14 @@
   advance the open one; its steps run in child processes (``child.py``);
 - **watchdog** ping at half of ``WATCHDOG_USEC`` while the scheduler works.
 
+Roles (``ccrl agent run --role``), for a team sharing one store (``CCRL_DATABASE_URL``):
+``capture`` runs ingest only (a member's laptop: forwards its captured events, never trains),
+``trainer`` runs the cycle check only (the GPU box: thresholds and training on the pooled
+traces), ``all`` (the default) runs both, as a single machine does. With a store on a server,
+ingest goes through ``forward.Forwarder``: while the server cannot be reached the events stay
+in the local inbox and the agent retries with a growing pause, and an unreachable server at
+start does not stop the agent.
+
 Every job has ``max_instances=1`` and ``coalesce=True``: a cycle check that fires while a long
 training step runs is dropped, not queued, and missed runs collapse into one.
 
@@ -41,6 +49,7 @@ from ccrl.agent.sdnotify import Notifier
 log = structlog.get_logger()
 
 STATE_FILE = Path("agent") / "state.json"
+ROLES = ("all", "capture", "trainer")
 
 
 class _ExpectedSkips(logging.Filter):
@@ -85,8 +94,15 @@ def run_ingest(settings: Settings) -> dict[str, Any]:
 class Agent:
     """The daemon: scheduler, jobs, signal handling and service notifications."""
 
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        from ccrl.agent.forward import Forwarder, is_remote
+
         self.settings = settings
+        self.role = role
+        self.remote = is_remote(settings)
+        self.forwarder = Forwarder(settings) if self.remote else None
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.engine = CycleEngine(settings, stop=self.stop, notifier=self.notifier)
@@ -140,7 +156,19 @@ class Agent:
     def ingest_once(self) -> None:
         """The ingest job."""
         try:
-            report = run_ingest(self.settings)
+            if self.forwarder is not None:
+                failures = self.forwarder.failures
+                report = self.forwarder.run()
+                if report is None:
+                    if self.forwarder.failures > failures:  # a new failure, not a skipped try
+                        if failures == 0:
+                            log.warning("store unreachable", error=self.forwarder.last_error)
+                        self._record(last_error=f"ingest: {self.forwarder.last_error}", last_error_at=_now_iso())
+                    return
+                if failures:
+                    log.info("store reachable again", after_failures=failures)
+            else:
+                report = run_ingest(self.settings)
         except IngestUnavailable as exc:
             log.error("ingest job removed", reason=str(exc))
             self._record(last_error=str(exc), last_error_at=_now_iso())
@@ -196,22 +224,32 @@ class Agent:
         try:
             get_engine(self.settings)  # open (and migrate) the store before any job runs
         except Exception as exc:  # noqa: BLE001 - say why and let systemd restart us later
-            log.error("cannot open the store", error=f"{type(exc).__name__}: {exc}", home=str(self.settings.home))
-            return 1
+            from ccrl.agent.forward import unreachable
+
+            if not (self.remote and unreachable(exc)):
+                log.error("cannot open the store", error=f"{type(exc).__name__}: {exc}", home=str(self.settings.home))
+                return 1
+            # A server that is down (or a laptop off the network): capture goes on into the
+            # local inbox, and the jobs keep trying the store.
+            log.warning("store unreachable at start; events stay in the local inbox until it is back",
+                        error=f"{type(exc).__name__}: {exc}")
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         # Logger filters see only records logged on that very logger, not its children's.
         logging.getLogger("apscheduler.scheduler").addFilter(_ExpectedSkips())
-        self._record(started_at=_now_iso(), stopped_at=None, home=str(self.settings.home))
-        self.scheduler.add_job(self._job("ingest", self.ingest_once), "interval", id="ingest",
-                               seconds=agent.ingest_interval_seconds, next_run_time=datetime.now(timezone.utc))
-        self.scheduler.add_job(self._job("cycle", self.check_cycle), "interval", id="cycle",
-                               seconds=agent.cycle_check_interval_seconds, next_run_time=datetime.now(timezone.utc))
+        self._record(started_at=_now_iso(), stopped_at=None, home=str(self.settings.home), role=self.role)
+        if self.role in ("all", "capture"):
+            self.scheduler.add_job(self._job("ingest", self.ingest_once), "interval", id="ingest",
+                                   seconds=agent.ingest_interval_seconds, next_run_time=datetime.now(timezone.utc))
+        if self.role in ("all", "trainer"):
+            self.scheduler.add_job(self._job("cycle", self.check_cycle), "interval", id="cycle",
+                                   seconds=agent.cycle_check_interval_seconds,
+                                   next_run_time=datetime.now(timezone.utc))
         interval = self.notifier.watchdog_interval
         if interval:
             self.scheduler.add_job(self._job("watchdog", self.ping_watchdog), "interval", id="watchdog",
                                    seconds=interval, executor="watchdog", next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
-        log.info("agent started", pid=os.getpid(), home=str(self.settings.home),
+        log.info("agent started", pid=os.getpid(), home=str(self.settings.home), role=self.role,
                  ingest_every_s=agent.ingest_interval_seconds, cycle_check_every_s=agent.cycle_check_interval_seconds,
                  watchdog_every_s=interval)
         self.notifier.ready("started: checking thresholds")

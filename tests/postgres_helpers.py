@@ -92,8 +92,11 @@ class PostgresServer:
         return result
 
     def start(self) -> None:
+        # fsync off: only an OS crash could lose data, and tests never outlive the machine.
+        # synchronous_commit stays on: a test that crashes the server (stop("immediate"))
+        # must find every transaction that committed.
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+                   "-c full_page_writes=off -c max_connections=100")
         self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                    "-t", "60", "-o", options, "start"])
 

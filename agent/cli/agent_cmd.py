@@ -25,14 +25,24 @@ def _settings() -> Any:
 
 
 @app.command("run")
-def run() -> None:
+def run(
+    role: str = typer.Option(
+        "all", "--role",
+        help="capture: ingest and forward captured events only, never train (a team member's machine); "
+             "trainer: thresholds and training cycles on the pooled traces only (the GPU box); all: both.",
+    ),
+) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C (the systemd unit's ExecStart)."""
     from ccrl.agent.logging_setup import configure_logging
-    from ccrl.agent.scheduler import Agent
+    from ccrl.agent.scheduler import ROLES, Agent
 
+    if role not in ROLES:
+        Console(stderr=True).print(f"[red]error:[/red] --role {role!r}: use one of {', '.join(ROLES)}.",
+                                   highlight=False)
+        raise typer.Exit(2)
     settings = _settings()
     configure_logging(settings.agent.log_level, identifier="ccrl-agent")  # the unit's SyslogIdentifier
-    raise typer.Exit(Agent(settings).run())
+    raise typer.Exit(Agent(settings, role=role).run())
 
 
 @app.command("once")
