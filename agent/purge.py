@@ -16,6 +16,12 @@ Modes:
   quarantined input and pending events that arrived before it.
 - ``all``: everything.
 
+On a store a team shares (a database server, ``CCRL_DATABASE_URL``), every mode covers only
+the member's own data: rows whose ``user_name`` is this member's (``origin.member()``), from
+any of their machines. Other members' rows, and rows stored before origins were recorded
+(``user_name`` unknown), are never touched. Pending events are local, hence always one's own.
+A local SQLite store is one person's: it is purged whole, as before.
+
 Purging holds the ingest lock, and afterwards tells ingest's bookkeeping
 (``ingest-state.json``) to stop watching purged sessions' transcripts. Datasets built from the
 store afterwards no longer contain purged data; datasets already written to disk are files the
@@ -318,6 +324,24 @@ def _plan_sessions(db: Any, plan: PurgePlan, pending: list[_Pending], sessions: 
     return [p for p in pending if belongs(p.session_id, p.cwd)]
 
 
+def _only_member(db: Any, plan: PurgePlan, name: str) -> None:
+    """Narrow the plan to ``name``'s rows (a shared store holds the whole team's)."""
+    from sqlmodel import select
+
+    from ccrl.agent.models import HookEvent, Quarantine, Session, Trace
+
+    def own(model: Any, key: Any, ids: set[Any]) -> set[Any]:
+        kept: set[Any] = set()
+        for chunk in _chunks(ids):
+            kept.update(db.exec(select(key).where(key.in_(chunk), model.user_name == name)).all())
+        return kept
+
+    plan.session_ids = own(Session, Session.id, plan.session_ids)
+    plan.trace_ids = own(Trace, Trace.id, plan.trace_ids)
+    plan.hook_event_ids = own(HookEvent, HookEvent.id, plan.hook_event_ids)
+    plan.quarantine_ids = own(Quarantine, Quarantine.id, plan.quarantine_ids)
+
+
 def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
     """Find everything ``target`` covers, changing nothing."""
     from sqlalchemy import func
@@ -346,6 +370,12 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
                 raise PurgeError("--project needs a path")
             roots = normalize_project(target.project)
             selected = _plan_sessions(db, plan, pending, _sessions_under(db, roots, pending), roots)
+        from ccrl.agent.forward import is_remote
+
+        if is_remote(settings):
+            from ccrl.agent.origin import member
+
+            _only_member(db, plan, member())
         for chunk in _chunks(plan.trace_ids):
             plan.tool_calls += db.exec(
                 select(func.count()).select_from(ToolCall).where(ToolCall.trace_id.in_(chunk))
