@@ -101,7 +101,7 @@ for n in range(per_home):
 """
 
 AGENTS = 4
-PER_AGENT = 120
+PER_AGENT = 60
 
 
 def _pending(home: Path, env: dict[str, str]) -> int:
@@ -140,7 +140,7 @@ def test_concurrent_capture_agents_survive_a_server_crash(pg_url, pg_server, tmp
             [str(ccrl), "agent", "run", "--role", "capture"],
             env={**clean, **env, "CCRL_DATABASE_URL": pg_url, "CCRL_AGENT__INGEST_INTERVAL_SECONDS": "0.25"},
             stdout=log, stderr=subprocess.STDOUT), log))
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(envs), str(PER_AGENT), "4"],
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(envs), str(PER_AGENT), "3"],
                               env=clean, stderr=subprocess.PIPE, text=True)
     engine = create_engine(pg_url, pool_pre_ping=True)
 

@@ -155,6 +155,21 @@ def test_cli_import_and_status_on_postgres(pg_home):
         origins = set(db.exec(select(Trace.user_name, Trace.hostname)).all())
     assert origins == {(member(), hostname())}
 
+    # the agent's own report reads the same store (thresholds over the traces, no cycle yet)
+    agent = runner.invoke(app, ["agent", "status", "--json"])
+    assert agent.exit_code == 0, agent.output
+    report = json.loads(agent.stdout)
+    assert report["current_cycle"] is None and report["threshold"]["new"] >= 0
+
+    # the trainer's first step reads the pooled traces into a numbered dataset version
+    built = runner.invoke(app, ["build-dataset", "--json"])
+    assert built.exit_code == 0, built.output
+    from ccrl.agent.models import DatasetVersion
+
+    with DBSession(get_engine()) as db:
+        [version] = db.exec(select(DatasetVersion)).all()
+    assert version.number == 1 and version.trace_count > 0 and version.content_hash
+
 
 def _event(name: str, **fields) -> dict:
     payload = json.loads((SEEKNAL / f"{name}.json").read_text())[0]
