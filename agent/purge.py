@@ -63,6 +63,13 @@ class PurgeTarget:
     before: datetime | None = None  # aware, UTC
 
     def describe(self) -> str:
+        text = self._describe()
+        member = _shared_store_member()
+        if text and member:
+            return f"{text}, of member {member} only (the store is shared: other members' data stays)"
+        return text
+
+    def _describe(self) -> str:
         if self.mode == "session":
             return f"everything of session {self.session_id}"
         if self.mode == "project":
@@ -70,6 +77,18 @@ class PurgeTarget:
         if self.mode == "before":
             return f"everything captured before {self.before.isoformat()}" if self.before else ""
         return "all captured data"
+
+
+def _shared_store_member() -> str | None:
+    """This member's name when the configured store is shared (a database server), else None."""
+    try:
+        from ccrl.agent.config import get_settings
+        from ccrl.agent.forward import is_remote
+        from ccrl.agent.origin import member
+
+        return member() if is_remote(get_settings()) else None
+    except Exception:  # noqa: BLE001 - a description never fails; an invalid config is reported elsewhere
+        return None
 
 
 @dataclass

@@ -53,6 +53,8 @@ def test_a_member_purges_only_their_own_data(pg_home, monkeypatch, tmp_path):
     runner = CliRunner()
     monkeypatch.setenv("CCRL_MEMBER", "alice")
     monkeypatch.setenv("CCRL_HOSTNAME", "alice-laptop")
+    preview = runner.invoke(app, ["purge", "--all", "--dry-run"])
+    assert preview.exit_code == 0 and "of member alice only" in " ".join(preview.output.split())
     # bob's session, named by alice: not hers, nothing to remove
     other = runner.invoke(app, ["purge", "--session", "b1", "--yes", "--json"])
     assert other.exit_code == 0, other.output
