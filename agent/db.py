@@ -53,11 +53,15 @@ CONNECT_TIMEOUT_S = 10
 
 
 def _server_options(url: str) -> dict:
-    """Engine arguments for a database server. PostgreSQL sessions run in UTC: the store's
-    datetime columns are naive ``timestamp`` holding UTC (as on SQLite), and an aware value
-    is converted with the session's time zone on the way in."""
+    """Engine arguments for a database server (PostgreSQL). Sessions run in UTC, so that SQL
+    written without a zone reads the stored instants as UTC, as on SQLite. TCP keepalives find
+    a connection whose server vanished without a word (a laptop leaving the network) in about a
+    minute, instead of the system's two hours, so the agent's ingest job fails and retries
+    rather than hanging."""
     if url.startswith(("postgresql", "postgres")):
-        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC"}}
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC",
+                                 "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                 "keepalives_count": 3}}
     return {}
 
 
