@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 SUPERUSER = "ccrl"
+ROOT_PREFIX = "ccrl-pg-"
 
 
 def find_bin_dir() -> Path | None:
@@ -43,6 +44,33 @@ def find_bin_dir() -> Path | None:
         if all(os.access(os.path.join(candidate, b), os.X_OK) for b in ("postgres", "initdb", "pg_ctl")):
             return Path(candidate)
     return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_orphans(bin_dir: Path) -> None:
+    """Stop and remove the servers of test runs that were killed before their cleanup ran
+    (their owner.pid names a process that is gone)."""
+    for root in glob.glob(os.path.join(tempfile.gettempdir(), ROOT_PREFIX + "*")):
+        try:
+            owner = int(Path(root, "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        data = Path(root) / "data"
+        if (data / "postmaster.pid").exists():
+            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           cwd=root, user=_run_as(), capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -71,7 +99,8 @@ class PostgresServer:
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
         self.user = _run_as()
-        self.root = Path(tempfile.mkdtemp(prefix="ccrl-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = _free_port()
@@ -158,6 +187,7 @@ def shared_server() -> PostgresServer:
         if bin_dir is None:
             pytest.skip("no PostgreSQL server binaries (postgres, initdb, pg_ctl) on PATH or in "
                         "/usr/lib/postgresql/*/bin; .ci/run installs Debian's postgresql")
+        stop_orphans(bin_dir)
         server = PostgresServer(bin_dir)
         atexit.register(server.cleanup)
         server.start()
