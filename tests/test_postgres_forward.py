@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from postgres_helpers import pg_home, pg_server, pg_url  # noqa: F401  (fixtures)
