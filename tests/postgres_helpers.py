@@ -164,6 +164,8 @@ class PostgresServer:
                 time.sleep(0.1)
 
     def cleanup(self) -> None:
+        if not self.root.exists():
+            return
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
