@@ -11,7 +11,8 @@
 Roles (``ccrl agent run --role``), for a team sharing one store (``CCRL_DATABASE_URL``):
 ``capture`` runs ingest only (a member's laptop: forwards its captured events, never trains),
 ``trainer`` runs the cycle check only (the GPU box: thresholds and training on the pooled
-traces), ``all`` (the default) runs both, as a single machine does. With a store on a server,
+traces), ``all`` (the default) runs both, as a single machine does; on a shared store only the
+agent holding the trainer lock (``trainer_lock.py``) runs cycles. With a store on a server,
 ingest goes through ``forward.Forwarder``: while the server cannot be reached the events stay
 in the local inbox and the agent retries with a growing pause, and an unreachable server at
 start does not stop the agent.
@@ -103,6 +104,13 @@ class Agent:
         self.role = role
         self.remote = is_remote(settings)
         self.forwarder = Forwarder(settings) if self.remote else None
+        # On a shared store, only the agent holding this lock trains (trainer_lock.py).
+        self.trainer_lock = None
+        if self.remote and role in ("all", "trainer"):
+            from ccrl.agent.trainer_lock import TrainerLock
+
+            self.trainer_lock = TrainerLock(settings)
+        self._trains: bool | None = None
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.engine = CycleEngine(settings, stop=self.stop, notifier=self.notifier)
@@ -185,10 +193,32 @@ class Agent:
 
     def check_cycle(self) -> None:
         """The cycle-check job."""
+        if self.trainer_lock is not None and not self._may_train():
+            return
         self._record(last_cycle_check_at=_now_iso())
         cycle = self.engine.tick()
         if cycle is not None and cycle.error:
             self._record(last_error=f"cycle {cycle.number}: {cycle.error}", last_error_at=_now_iso())
+
+    def _may_train(self) -> bool:
+        """On a shared store: whether this agent is the one that trains (holds the lock)."""
+        from ccrl.agent.forward import unreachable
+
+        try:
+            mine = self.trainer_lock.hold()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self._record(last_error=f"cycle: store unreachable ({type(exc).__name__})", last_error_at=_now_iso())
+            return False
+        if mine != self._trains:
+            if mine:
+                log.info("this agent trains on the shared store")
+            else:
+                log.info("another agent trains on the shared store; this one only captures")
+            self._trains = mine
+        self._record(trainer="this agent" if mine else "another agent (this one only captures)")
+        return mine
 
     def ping_watchdog(self) -> None:
         """The watchdog job: proves the scheduler still runs jobs."""
@@ -270,6 +300,8 @@ class Agent:
             while self._running_jobs and time.monotonic() < deadline:
                 self._jobs_cond.wait(0.5)
             left = self._running_jobs
+        if self.trainer_lock is not None and not left:
+            self.trainer_lock.release()  # another agent may train from its next cycle check
         self._record(stopped_at=_now_iso())
         if left:
             log.error("jobs still running at exit", jobs=left)

@@ -292,3 +292,67 @@ def test_capture_agent_started_while_the_server_is_down_forwards_once_it_is_up(p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log_path.read_text()
     assert "store unreachable at start" in log_path.read_text()
+
+
+def _start_agent(tmp_path: Path, name: str, pg_url: str, role: str) -> tuple[subprocess.Popen, Path, Path]:
+    base = tmp_path / name
+    home = base / "home"
+    home.mkdir(parents=True, mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCRL_") and k != "NOTIFY_SOCKET"}
+    env.update(CCRL_HOME=str(home), CCRL_DATABASE_URL=pg_url, XDG_CONFIG_HOME=str(base / "config"),
+               XDG_RUNTIME_DIR=str(base / "run"), TMPDIR=str(base), CCRL_MEMBER=name, CCRL_HOSTNAME=name,
+               CCRL_AGENT__INGEST_INTERVAL_SECONDS="0.2", CCRL_AGENT__CYCLE_CHECK_INTERVAL_SECONDS="0.2")
+    log_path = base / "agent.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "ccrl"), "agent", "run", "--role", role],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, home, log_path
+
+
+def _wait_state(proc: subprocess.Popen, home: Path, log_path: Path, key: str, value: str) -> None:
+    path = home / "agent" / "state.json"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if json.loads(path.read_text()).get(key) == value:
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, (path.read_text() if path.exists() else "no state", log_path.read_text())
+        time.sleep(0.1)
+
+
+def test_one_training_agent_per_shared_store_and_failover(pg_url, tmp_path):
+    """Every member runs the default role (all) on one shared store: the first agent trains,
+    the second only captures (it still forwards its events), and takes over training at its
+    next cycle check once the first one stops."""
+    from ccrl.hooks.inbox import append, ensure_inbox
+    from ccrl.hooks.paths import inbox_path
+
+    first, first_home, first_log = _start_agent(tmp_path, "gpu-box", pg_url, "all")
+    second = None
+    try:
+        _wait_state(first, first_home, first_log, "trainer", "this agent")
+        second, second_home, second_log = _start_agent(tmp_path, "laptop", pg_url, "all")
+        _wait_state(second, second_home, second_log, "trainer", "another agent (this one only captures)")
+        inbox = Path(inbox_path(str(second_home)))
+        ensure_inbox(str(inbox))
+        append(str(inbox), 1_770_000_000.0, _payload("laptop-s1", 1, str(tmp_path)))
+        deadline = time.monotonic() + 30
+        while _inbox_count(inbox):  # the agent that does not train still forwards
+            assert time.monotonic() < deadline, second_log.read_text()
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0, first_log.read_text()
+        _wait_state(second, second_home, second_log, "trainer", "this agent")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 0
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT user_name, hostname FROM hook_events")).all() == [("laptop", "laptop")]
+        assert conn.execute(text("SELECT COUNT(*) FROM cycles")).scalar_one() == 0  # below the threshold
+    engine.dispose()
