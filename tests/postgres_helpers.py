@@ -182,7 +182,8 @@ _server: PostgresServer | None = None
 
 def shared_server() -> PostgresServer:
     """The one server of this test process, started on first use (however many test modules
-    import the fixtures), stopped and removed at exit."""
+    import the fixtures), stopped and removed at exit. Parallel test workers (pytest-xdist)
+    each start their own, in its own directory on its own port."""
     global _server
     if _server is None:
         bin_dir = find_bin_dir()
@@ -192,7 +193,15 @@ def shared_server() -> PostgresServer:
         stop_orphans(bin_dir)
         server = PostgresServer(bin_dir)
         atexit.register(server.cleanup)
-        server.start()
+        for attempt in range(3):
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                # Another process (a parallel test worker) took the free port first: another one.
+                if attempt == 2:
+                    raise
+                server.port = _free_port()
         server.wait_ready()
         _server = server
     if not _server.running():  # a test stopped it and failed before starting it again
