@@ -318,6 +318,18 @@ def _load_splits(dataset_path: Path, use_tools: bool, formats: list[str] | None 
     return train, evals
 
 
+def _final_eval_loss(trainer: Any) -> float:
+    """The eval loss of the final weights: the end-of-epoch evaluation's when it ran at the last
+    step (evaluating the same weights twice costs a full pass over the eval split), else a new one."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == step:
+                return float(entry["eval_loss"])
+            break
+    return float(trainer.evaluate()["eval_loss"])
+
+
 def _peak_memory_bytes(cuda: bool) -> int:
     if cuda:
         import torch
@@ -547,7 +559,7 @@ def train_sft(
             )
         train_cpu = time.process_time() - cpu_start
         train_metrics = dict(output.metrics)
-        eval_after = trainer.evaluate()["eval_loss"] if evals is not None else None
+        eval_after = _final_eval_loss(trainer) if evals is not None else None
         tokens_total = int(trainer.state.num_input_tokens_seen)
         tokens_session = tokens_total - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
         runtime = float(train_metrics.get("train_runtime") or 0.0)
@@ -555,7 +567,9 @@ def train_sft(
         log_history = list(trainer.state.log_history)
         if "eval_loss_before" in state:
             log_history.insert(0, {"step": 0, "eval_loss": state["eval_loss_before"]})
-        if eval_after is not None:
+        if eval_after is not None and not any(
+            e.get("step") == trainer.state.global_step and "eval_loss" in e for e in log_history
+        ):
             log_history.append({"step": trainer.state.global_step, "eval_loss": eval_after})
         artifacts = write_loss_curve(log_history, output_dir, png=True)
 
