@@ -61,6 +61,13 @@ class TrainSettings(BaseModel):
     learning_rate: float = Field(default=2e-4, gt=0, description="SFT learning rate.")
     num_epochs: int = Field(default=3, ge=1, description="SFT epochs.")
     batch_size: int = Field(default=2, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(
+        default=4, ge=1, description="SFT forward passes per optimizer step (effective batch = batch_size x this)."
+    )
+    max_length: int | None = Field(
+        default=None, ge=64,
+        description="SFT tokens per sequence (longer ones are cut at the end); empty = 4096 on CUDA, 1024 on a CPU.",
+    )
     num_episodes: int = Field(default=100, ge=1, description="RL phase: prompts per run.")
     base_model: str | None = Field(
         default=None,

@@ -231,6 +231,8 @@ def _sft_config(settings: Settings, stored: dict[str, Any] | None, quant: str | 
         learning_rate=train.learning_rate,
         num_train_epochs=float(train.num_epochs),
         per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_length=train.max_length,
     )
     if quant is not None:
         config.quant = quant
