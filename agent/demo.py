@@ -614,8 +614,11 @@ def deploy_command(state: DemoState, *, force: bool = False) -> str:
     number = state.version.number if state.version is not None else 1
     env = [f"CCRL_HOME={shlex.quote(str(state.demo_dir))}",
            f"CCRL_CONFIG={shlex.quote(str(state.demo_dir / 'config.toml'))}"]
-    if state.ollama_host:
-        env.append(f"OLLAMA_HOST={shlex.quote(state.ollama_host)}")
+    # The host it was run against (--ollama-host or OLLAMA_HOST), so the command works as printed
+    # from any shell.
+    host = state.ollama_host or os.environ.get("OLLAMA_HOST")
+    if host:
+        env.append(f"OLLAMA_HOST={shlex.quote(host)}")
     command = f"{' '.join(env)} ccrl deploy --version {number} --name {DEMO_MODEL_NAME}"
     if force:
         command += " --force --reason 'trying the demo model'"
