@@ -16,6 +16,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from ccrl.agent.config import Settings, config_file
@@ -143,7 +144,8 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
     try:
         report = effective_config()
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        # soft_wrap: a long path must not be broken into lines; Text: no markup in the message.
+        err.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
