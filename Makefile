@@ -41,9 +41,13 @@ $(LLAMA_CPP_STAMP): | $(BIN)/python
 
 # System packages some tests use (systemd-analyze, Go, Chromium): installed when missing and
 # possible, otherwise named with the command to install them.
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time: most of
+# the time goes to single-threaded training and export on tiny models, which two cores run side
+# by side. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup
 	scripts/system-deps.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The whole loop on the sample sessions shipped with ccrl (ccrl.agent.demo), in CCRL_HOME/demo.
 # Needs only the train and gguf extras and the embedded model (no npm, no Claude Code CLI).

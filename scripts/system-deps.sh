@@ -4,12 +4,17 @@
 #   systemd     systemd-analyze verify of the agent's unit (tests/test_service_unit.py)
 #   golang-go   Go's text/template renders Ollama templates (tests/test_ollama_template.py, test_deploy.py)
 #   chromium    opens the demo's HTML report with its images (tests/test_demo.py)
+#   postgresql  a real PostgreSQL server for the shared-store tests (tests/test_postgres_*.py)
 set -euo pipefail
 declare -A needs=([systemd-analyze]=systemd [go]=golang-go [chromium]=chromium)
 missing=()
 for cmd in "${!needs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
 done
+# Debian keeps the server's programs off PATH, in /usr/lib/postgresql/<N>/bin.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,24 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("CCRL_FIXTURES", REPO.parent / "shared" / "fixtures" / "claude-code"))
 TRANSCRIPTS = FIXTURES / "transcripts"
 HOOK_PAYLOADS = FIXTURES / "hook_payloads"
+# What tests build once per machine and reuse (git-ignored): the GGUF converter, the tokenizer.
+TEST_CACHE = Path(os.environ.get("CCRL_TEST_CACHE", REPO / ".cache" / "tests"))
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The embedded default's (SmolLM2) tokenizer with the ChatML training template, for the tiny
+    test models: converted from its GGUF once per machine into the test cache, by a child process
+    (reading the GGUF takes ~20 s and leaves a million small arrays behind that slow down every
+    later garbage collection of the process that read it)."""
+    from ccrl.trainers.base_models import EMBEDDED_DEFAULT, ensure_embedded_tokenizer
+
+    base = TEST_CACHE / "base"
+    if not any((base / name / "tokenizer_config.json").is_file() for name in
+               (f"{EMBEDDED_DEFAULT}-tokenizer", EMBEDDED_DEFAULT)):
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                        "from ccrl.trainers.base_models import ensure_embedded_tokenizer as convert; "
+                        "convert(Path(sys.argv[1]))", str(base)], check=True)
+    return ensure_embedded_tokenizer(base)  # converted: returns at once
 
 
 @pytest.fixture
@@ -32,3 +55,33 @@ def ccrl_home(tmp_path, monkeypatch) -> Path:
     yield home
     dispose_engines()
     reset_settings_cache()
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file): one test process at a time
+    builds what is cached there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def run_shared_dir(tmp_path_factory) -> Callable[[str], Path]:
+    """``run_shared_dir(name)``: a folder of this test run that every pytest-xdist worker shares
+    (the run's base temp, not the worker's), for models that cost a minute to build and are the
+    same for every test. Builders lock it with ``folder_lock``."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+
+    def shared(name: str) -> Path:
+        root = base / name
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    return shared

@@ -23,7 +23,7 @@ from typing import Any
 from ccrl.agent.conversation import system_prompt
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_CACHE = Path(os.environ.get("CCRL_TEST_CACHE", REPO / ".cache" / "tests"))
+from conftest import TEST_CACHE, embedded_tokenizer_dir  # noqa: E402
 # The system prompt is the one ``ccrl deploy`` registers for a version without a dataset, and
 # the first user message is the export's default verification probe: the deployed model then
 # sees exactly its training text when a test talks to it through Ollama.
@@ -45,20 +45,29 @@ def converter_cache() -> Path:
 
 def tiny_base(root: Path) -> Path:
     """The tiny random base model (built once under ``root``)."""
-    from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+    from ccrl.trainers.base_models import build_tiny_llama
+
+    from conftest import folder_lock
 
     dest = root / "tiny-base"
-    if not (dest / "config.json").is_file():
-        tokenizer = ensure_embedded_tokenizer(TEST_CACHE / "base")
-        build_tiny_llama(dest, tokenizer)
+    with folder_lock(root / "tiny-base.lock"):
+        if not (dest / "config.json").is_file():
+            build_tiny_llama(dest, embedded_tokenizer_dir())
     return dest
 
 
 def overfit_model(root: Path) -> Path:
     """The tiny model trained on ``EXAMPLES`` until it reproduces them (built once)."""
+    from conftest import folder_lock
+
     dest = root / "tiny-overfit"
-    if (dest / "config.json").is_file():
-        return dest
+    with folder_lock(root / "tiny-overfit.lock"):
+        if not (dest / "config.json").is_file():
+            _train_overfit(root, dest)
+    return dest
+
+
+def _train_overfit(root: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,7 +121,6 @@ def overfit_model(root: Path) -> Path:
     tokenizer.save_pretrained(str(tmp))
     shutil.copy2(base / "ccrl_template.json", tmp / "ccrl_template.json")
     os.replace(tmp, dest)
-    return dest
 
 
 def expected_reply(conversation: list[dict[str, Any]]) -> str:
@@ -127,9 +135,16 @@ def overfit_gguf(root: Path) -> dict[str, Any]:
 
     Returns ``{"result": ExportResult dict, "variants": {quant: {"path", "sha256", "size"}}}``.
     """
+    from conftest import folder_lock
+
     info_path = root / "overfit-gguf.json"
-    if info_path.is_file():
-        return json.loads(info_path.read_text())
+    with folder_lock(root):  # several test processes may ask at once (pytest-xdist)
+        if info_path.is_file():
+            return json.loads(info_path.read_text())
+        return _build_overfit_gguf(root, info_path)
+
+
+def _build_overfit_gguf(root: Path, info_path: Path) -> dict[str, Any]:
     from ccrl.trainers.export import export_model, quantize, sha256_file
 
     model = overfit_model(root)

@@ -21,10 +21,8 @@ NAME = "cc-claude-agent"
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "export-shared"
-    root.mkdir(exist_ok=True)
-    return root
+def shared(run_shared_dir) -> Path:
+    return run_shared_dir("export-shared")
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ def doctor(*args: str) -> tuple[int, dict]:
     from ccrl.agent.cli import app
 
     result = CliRunner().invoke(app, ["doctor", "--json", *args])
-    return result.exit_code, json.loads(result.output)
+    # stdout alone: the JSON report; stderr may carry log lines of whatever ran before in this process.
+    return result.exit_code, json.loads(result.stdout)
 
 
 def by_name(report: dict) -> dict[str, dict]:

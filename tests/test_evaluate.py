@@ -99,10 +99,12 @@ def test_reward_of_plans(dataset):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+    from ccrl.trainers.base_models import build_tiny_llama
+
+    from conftest import embedded_tokenizer_dir
 
     root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_llama(root / "model", ensure_embedded_tokenizer(root / "base"), hidden_size=64,
+    return build_tiny_llama(root / "model", embedded_tokenizer_dir(), hidden_size=64,
                             intermediate_size=128, num_heads=2, num_kv_heads=1)
 
 

@@ -34,10 +34,8 @@ from ccrl.trainers.ollama_template import strip_generation_markers
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "export-shared"
-    root.mkdir(exist_ok=True)
-    return root
+def shared(run_shared_dir) -> Path:
+    return run_shared_dir("export-shared")
 
 
 def _llama(path: Path, **kwargs):
@@ -195,12 +193,15 @@ _EXPORT_SCRIPT = textwrap.dedent("""
 
 def _start_export(model: Path, out: Path) -> subprocess.Popen:
     converter_dir(converter_cache())  # fetched already: the child starts converting at once
+    # SIGINT back to its default in the child: a test run started in the background (`make test &`)
+    # inherits an ignored SIGINT, and Python then never turns it into KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT, str(model), str(out), str(converter_cache())],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_conversion(out: Path, proc: subprocess.Popen) -> Path:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # an upper bound for a slow, busy machine, not a timing
     while time.monotonic() < deadline:
         partial = list(out.glob(f"{PARTIAL_PREFIX}*/convert.log"))
         if partial and partial[0].stat().st_size > 0:

@@ -98,11 +98,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+    from ccrl.trainers.base_models import build_tiny_llama
+
+    from conftest import embedded_tokenizer_dir
 
     root = tmp_path_factory.mktemp("gate")
     data = write_dataset_version(root / "datasets" / "v1")
-    base = build_tiny_llama(root / "base-model", ensure_embedded_tokenizer(root / "tokenizer"), hidden_size=64,
+    base = build_tiny_llama(root / "base-model", embedded_tokenizer_dir(), hidden_size=64,
                             intermediate_size=128, num_heads=2, num_kv_heads=1)
     trained = train_tiny_agent(base, data, root / "trained")
     degraded = root / "degraded"
@@ -270,7 +272,11 @@ def test_ccrl_eval_shows_the_table_and_plots(store, models, ccrl_home, monkeypat
     from ccrl.agent.cli import app
     from ccrl.agent.config import reset_settings_cache
 
-    monkeypatch.setenv("COLUMNS", "160")
+    from ccrl.agent.cli import eval_cmd
+
+    # The CLI's console read the terminal width when it was imported (by whichever test came
+    # first in this process): give it a wide one, as COLUMNS would in a fresh process.
+    monkeypatch.setattr(eval_cmd._out, "width", 160)
     monkeypatch.setenv("CCRL_EVAL__MAX_DECISIONS", "6")
     monkeypatch.setenv("CCRL_EVAL__MAX_PLANS", "1")
     reset_settings_cache()

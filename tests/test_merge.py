@@ -11,9 +11,11 @@ import pytest
 
 import torch
 
-from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer
+from ccrl.trainers.base_models import build_tiny_llama
 from ccrl.trainers.chat_templates import load_template, read_template_info, save_template
 from ccrl.trainers.merge import MergeError, adapter_base, merge_adapter
+
+from conftest import embedded_tokenizer_dir
 
 torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,7 +24,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    return build_tiny_llama(root / "tiny", ensure_embedded_tokenizer(root / "base"))
+    return build_tiny_llama(root / "tiny", embedded_tokenizer_dir())
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ from ccrl.agent.config import Settings  # noqa: E402
 from ccrl.agent.db import session_scope  # noqa: E402
 from ccrl.agent.models import Cycle, DatasetVersion, Evaluation, TrainingRun  # noqa: E402
 from ccrl.agent.scheduler import read_state  # noqa: E402
-from ccrl.trainers.base_models import build_tiny_llama, ensure_embedded_tokenizer  # noqa: E402
+from ccrl.trainers.base_models import build_tiny_llama  # noqa: E402
 
 from agent_helpers import add_usable_traces  # noqa: E402
+from conftest import embedded_tokenizer_dir  # noqa: E402
 
 CCRL = Path(sys.executable).parent / "ccrl"
 
@@ -39,7 +40,7 @@ CCRL = Path(sys.executable).parent / "ccrl"
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    return build_tiny_llama(root / "tiny", ensure_embedded_tokenizer(root / "base"))
+    return build_tiny_llama(root / "tiny", embedded_tokenizer_dir())
 
 
 def agent_env(tiny_model: Path, **overrides: str) -> dict[str, str]:
@@ -55,6 +56,10 @@ def agent_env(tiny_model: Path, **overrides: str) -> dict[str, str]:
         "CCRL_TRAIN__BASE_MODEL": str(tiny_model),
         "CCRL_TRAIN__MAX_STEPS": "1",
         "CCRL_TRAIN__BATCH_SIZE": "1",
+        # Short sequences and one pass per optimizer step: the steps stay seconds long on a busy
+        # 2-core machine, so a stop request is answered well inside the stop timeout.
+        "CCRL_TRAIN__GRADIENT_ACCUMULATION_STEPS": "1",
+        "CCRL_TRAIN__MAX_LENGTH": "512",
         # A small evaluation: a few held-out decisions and plans, short generations.
         "CCRL_EVAL__MAX_DECISIONS": "6",
         "CCRL_EVAL__MAX_PLANS": "1",
@@ -131,7 +136,7 @@ def test_traces_crossing_the_threshold_start_a_cycle_that_trains(ccrl_home, tiny
         assert cycle_row(settings) is None, "no cycle below min_traces_for_sft"
         add_usable_traces(settings, 8)  # 16 >= 12: the next check starts cycle 1
         done = wait_for("cycle 1 to finish", lambda: (c := cycle_row(settings)) and c.status == "completed" and c,
-                        240, agent)
+                        600, agent)
     finally:
         assert agent.stop() == 0
     steps = done.steps
@@ -207,7 +212,7 @@ def test_kill_9_mid_sft_then_restart_finishes_without_redoing_steps(ccrl_home, t
     env = agent_env(tiny_model, CCRL_TRAIN__MAX_STEPS="3")
     first = Agent(env, tmp_path / "agent-1.log")
     try:
-        child = wait_for("the SFT step's child", lambda: sft_child(settings), 240, first)
+        child = wait_for("the SFT step's child", lambda: sft_child(settings), 600, first)
         # Freeze the child so the kill lands mid-step on any machine, however fast it trains.
         os.kill(child, signal.SIGSTOP)
         before = cycle_row(settings)
@@ -219,7 +224,7 @@ def test_kill_9_mid_sft_then_restart_finishes_without_redoing_steps(ccrl_home, t
         first.log.close()
     # The orphan notices its agent is gone, finishes the optimizer step it is in, saves a
     # checkpoint and exits: no agent is left to tell it to.
-    wait_for("the orphaned step to exit", lambda: not Path(f"/proc/{child}").exists(), 240)
+    wait_for("the orphaned step to exit", lambda: not Path(f"/proc/{child}").exists(), 600)
     [run] = rows(settings, TrainingRun)
     assert run.status == "interrupted" and any(Path(run.output_dir).glob("checkpoint-*"))
     dataset_finished = before.steps["dataset"]["finished_at"]
@@ -227,7 +232,7 @@ def test_kill_9_mid_sft_then_restart_finishes_without_redoing_steps(ccrl_home, t
     second = Agent(env, tmp_path / "agent-2.log")
     try:
         done = wait_for("cycle 1 to finish", lambda: (c := cycle_row(settings)) and c.status == "completed" and c,
-                        300, second)
+                        600, second)
     finally:
         assert second.stop() == 0
     assert done.steps["dataset"]["finished_at"] == dataset_finished  # not rebuilt
@@ -249,7 +254,7 @@ def test_sigterm_during_sft_exits_cleanly_and_the_step_resumes_later(ccrl_home, 
     env = agent_env(tiny_model, CCRL_TRAIN__MAX_STEPS="200", NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
     agent = Agent(env, tmp_path / "agent.log")
     try:
-        wait_for("SFT to train", lambda: sft_training(settings), 300, agent)
+        wait_for("SFT to train", lambda: sft_training(settings), 600, agent)
         child_pid = cycle_row(settings).child_pid
         [run] = rows(settings, TrainingRun)
         # A manual command meanwhile is told who holds the pipeline, and does nothing.

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, trace_to_messages
-from ccrl.trainers.base_models import ensure_embedded_tokenizer
+
+from conftest import embedded_tokenizer_dir
 from ccrl.trainers.chat_templates import (
     FAMILIES,
     TemplateError,
@@ -35,7 +36,7 @@ HEADERS = {"chatml": ("<|im_start|>assistant\n", "<|im_end|>"),
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    return ensure_embedded_tokenizer(tmp_path_factory.mktemp("base"))
+    return embedded_tokenizer_dir()
 
 
 @pytest.fixture(scope="module")
