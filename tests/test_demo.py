@@ -168,6 +168,7 @@ def test_profiles_name_real_trainer_settings_and_state_the_full_budgets():
     assert rows["evaluation decisions"]["demo"] == PROFILES["demo"].eval["max_decisions"]
     assert rows["RL prompts"]["full"] == TrainSettings().num_episodes
     assert rows["SFT sequence length"]["full"] == SFTRunConfig().cpu_max_length
+    assert (rows["SFT eval examples"]["full"], rows["SFT eval examples"]["demo"]) == ("all", "at most 24")
     assert rows["base model"]["demo"] == "SmolLM2-135M-Instruct (embedded)"
 
 
@@ -219,6 +220,7 @@ def go_binary(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
+    from ccrl.agent.demo import PROFILES
     from ccrl.trainers.export import converter_dir
 
     # The user's own data: a real store with a real import, which the demo must not touch.
@@ -255,6 +257,7 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
         assert result["samples"]["traces"] >= 60 and steps["import"]["summary"]["tool_errors"] > 0
         assert steps["dataset"]["summary"]["eval_traces"] > 0 and not steps["dataset"]["summary"]["dropped"]
         assert steps["sft"]["summary"]["base_model"] == str(tiny)
+        assert steps["sft"]["summary"]["eval_examples"] == PROFILES["ci"].sft["max_eval_examples"]
         assert steps["rl"]["summary"]["global_step"] >= 1
         assert steps["export"]["summary"]["quant"] and Path(steps["export"]["summary"]["gguf"]).is_file()
         gate = result["gate"]

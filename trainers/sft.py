@@ -150,6 +150,10 @@ class SFTRunConfig:
     """Checkpoints kept (older ones are deleted)."""
     eval_each_epoch: bool = True
     """Evaluate on the eval split at the end of every epoch (base and final eval always run)."""
+    max_eval_examples: int | None = None
+    """Evaluate on at most this many eval rows (the first ones, in the dataset's order, so every
+    run of a version sees the same rows); ``None``: the whole eval split. Each evaluation is a
+    full forward pass over them, run at least twice per run (before and after training)."""
     seed: int = 42
     """Seed for data order, dropout and LoRA initialisation."""
     use_tools_column: bool = False
@@ -501,6 +505,8 @@ def train_sft(
             state = dict(inputs)
 
         train, evals = _load_splits(dataset_path, config.use_tools_column, config.formats)
+        if evals is not None and config.max_eval_examples is not None and len(evals) > config.max_eval_examples:
+            evals = evals.select(range(config.max_eval_examples))
         callbacks: list[Any] = [LossCurveCallback(output_dir)]
         stopper = _StopOnRequest(should_stop) if should_stop is not None else None
         if stopper is not None:
