@@ -309,6 +309,10 @@ def _check_deployable(version: ModelVersion, force: bool, reason: str | None) ->
     gate = version.gate or {}
     if version.status == REJECTED and not force:
         raise VersionError(f"model version {version.number} was rejected; deploy it anyway with --force --reason '...'")
+    if "passed" not in gate and not force:
+        raise VersionError(f"model version {version.number} has not been through the evaluation gate: run "
+                           f"`ccrl eval --version {version.number}` (it records the gate's decision), or deploy it "
+                           "anyway with --force --reason '...'")
     if gate.get("passed") is False and not force:
         raise VersionError(f"model version {version.number} did not pass the evaluation gate "
                            f"({gate.get('reason', 'see `ccrl models show`')}); deploy it anyway with --force --reason '...'")
@@ -362,8 +366,21 @@ def deploy_version(model_version_id: int | None = None, *, number: int | None = 
     with session_scope(settings) as session:
         version = _pick(session, model_version_id, number)
         _check_deployable(version, force, reason)
-        overrides_gate = force and (version.status == REJECTED or (version.gate or {}).get("passed") is False)
+        overrides_gate = force and (version.status == REJECTED or (version.gate or {}).get("passed") is not True)
         session.expunge(version)
+    if not force:
+        # The recorded decision holds only for the weights it judged: re-hashed here, and
+        # evaluated again when they changed since (gate.require_pass).
+        from ccrl.agent.gate import GateError, require_pass
+
+        try:
+            gate = require_pass(version.id, settings=settings, progress=None if progress is None else (
+                lambda event: progress("evaluating: " + ", ".join(f"{k}={v}" for k, v in event.items()))))
+        except GateError as exc:
+            raise VersionError(f"cannot check model version {version.number} against the evaluation gate: {exc}") from exc
+        if not gate.get("passed"):
+            raise VersionError(f"model version {version.number} did not pass the evaluation gate "
+                               f"({gate.get('reason', 'see `ccrl models show`')}); deploy it anyway with --force --reason '...'")
     template, system, parameters = registration_for(settings, version)
     registration, latest = _register_and_point(settings, version, template, system, parameters, name, host, progress)
     if progress is not None:

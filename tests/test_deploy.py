@@ -45,6 +45,7 @@ def versions(ccrl_home, shared):
     from ccrl.agent.db import session_scope
     from ccrl.agent.models import ModelVersion
     from ccrl.agent.versions import add_history, gguf_dir
+    from ccrl.trainers.evaluate import weights_digest
 
     info = overfit_gguf(shared)
     settings = get_settings()
@@ -58,9 +59,12 @@ def versions(ccrl_home, shared):
             shutil.copy2(variant["path"], path)
             export = {**info["result"], "quant": quant}
             export.pop("path")
+            # As `ccrl eval` leaves it: the gate passed, on exactly these weights.
+            gate = {"passed": True, "reason": "beats the base model and the baselines", "judged": "candidate-gguf",
+                    "weights_sha256": weights_digest(path)}
             version = ModelVersion(number=number, base_model="tiny-random-llama", gguf_path=str(path),
                                    gguf_sha256=variant["sha256"], quant=quant, size_bytes=variant["size"],
-                                   metrics={"export": export})
+                                   metrics={"export": export}, gate=gate)
             add_history(version, "exported", quant=quant)
             session.add(version)
             numbers[number] = quant
@@ -250,10 +254,32 @@ def test_a_file_changed_since_export_is_not_registered(ollama_server, versions):
     path = Path(_rows()[1].gguf_path)
     with open(path, "ab") as handle:
         handle.write(b"\0")
+    # Forced past the gate (which would judge the changed file again first): the upload's own check.
     with pytest.raises(DeployError, match="changed since it was exported"):
-        deploy_version(number=1)
+        deploy_version(number=1, force=True, reason="testing the upload check")
     assert not _client().list().models
     assert _rows()[1].status == "candidate"
+
+
+def test_deploy_holds_to_the_gate_on_the_weights_it_judged(ollama_server, versions):
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.deploy import VersionError, deploy_version
+    from ccrl.agent.models import ModelVersion
+
+    with session_scope() as session:
+        session.get(ModelVersion, _rows()[1].id).gate = {}
+    with pytest.raises(VersionError, match=r"has not been through the evaluation gate: run `ccrl eval --version 1`"):
+        deploy_version(number=1)
+    # A decision made on other weights does not count: the gate judges these again, which needs
+    # the held-out split of a dataset version (there is none here), so nothing is registered.
+    with session_scope() as session:
+        session.get(ModelVersion, _rows()[2].id).gate = {**_rows()[2].gate, "weights_sha256": "0" * 64}
+    with pytest.raises(VersionError, match="cannot check model version 2 against the evaluation gate"):
+        deploy_version(number=2)
+    assert not _client().list().models
+    assert (_rows()[1].status, _rows()[2].status) == ("candidate", "candidate")
+    deploy_version(number=3)  # its recorded decision is on its own weights
+    assert _rows()[3].status == "deployed"
 
 
 def test_ollama_refuses_adapters_quantizing_a_gguf_and_a_wrong_digest(ollama_server, versions):
