@@ -97,3 +97,20 @@ SLOW_FILES_FIRST = ("test_demo.py", "test_deploy.py", "test_scheduler.py", "test
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file stays in one piece
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_in_a_new_process():
+    """After each test, logging is as a new process has it: a test that ran ``configure_logging``
+    in-process (a root handler into structlog, structlog's output stream) must not make a later
+    test's library log lines (httpx's, say) appear in that test's captured stdout."""
+    yield
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__name__ == "_ToStructlog":
+            root.removeHandler(handler)
+    structlog.reset_defaults()
