@@ -318,7 +318,8 @@ def check_service() -> Check:
                      "" if running else "run `ccrl agent run` under your own supervisor, or enable systemd")
     if not status.get("up_to_date"):
         return Check("agent service", WARNING, f"{status['unit']} was written for another installation",
-                     "ccrl service install (rewrites it), then systemctl --user restart ccrl-agent")
+                     f"ccrl service install --role {status.get('role') or 'all'} (rewrites it, keeping its role), "
+                     "then systemctl --user restart ccrl-agent")
     if not running:
         return Check("agent service", WARNING, f"installed ({'enabled' if status.get('enabled') else 'not enabled'}, "
                      f"{status.get('active')}) but the agent is not running",

@@ -16,6 +16,7 @@ umask, and a low CPU/IO priority so training never starves the desktop.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from pathlib import Path
 UNIT_NAME = "ccrl-agent.service"
 WATCHDOG_SEC = 120
 STOP_TIMEOUT_SEC = 120
-DEFAULT_EXEC = "%h/.local/bin/ccrl agent run"
+DEFAULT_ROLE = "all"
+DEFAULT_EXEC = f"%h/.local/bin/ccrl agent run --role {DEFAULT_ROLE}"
 
 
 def _exec_word(arg: str) -> str:
@@ -43,9 +45,43 @@ def _environment_line(name: str, value: str) -> str:
     return f'Environment="{assignment}"\n'
 
 
+def check_role(role: str) -> str:
+    """``role`` if the agent knows it, else ``ValueError`` naming the roles it knows."""
+    from ccrl.agent.scheduler import ROLES
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)} "
+                         "(capture: a member's laptop; trainer: the GPU box; all: both on one machine)")
+    return role
+
+
+def agent_argv(executable: Path | str, role: str = DEFAULT_ROLE) -> list[str]:
+    """The agent's command line for the unit: ``<ccrl> agent run --role ROLE``. The role is
+    always written out, so the unit says what it runs without knowing the CLI's default."""
+    return [str(executable), "agent", "run", "--role", check_role(role)]
+
+
+def installed_role(text: str) -> str | None:
+    """The role an installed unit's ExecStart runs: its ``--role`` value, ``all`` for a unit
+    written before roles were passed (``agent run`` alone), None when it runs no agent."""
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            words = shlex.split(line[len("ExecStart="):].replace("%%", "%"))
+            if "agent" not in words or "run" not in words:
+                return None
+            for i, word in enumerate(words):
+                if word == "--role" and i + 1 < len(words):
+                    return words[i + 1]
+                if word.startswith("--role="):
+                    return word.split("=", 1)[1]
+            return DEFAULT_ROLE
+    return None
+
+
 def render_unit(exec_start: Sequence[str] | None = None, environment: Mapping[str, str] | None = None) -> str:
     """The unit file's text. ``exec_start`` is the argv to run (default: ``%h/.local/bin/ccrl
-    agent run``, where a ``pip install --user`` or pipx puts it); ``environment`` adds variables."""
+    agent run --role all``, where a ``pip install --user`` or pipx puts it); ``environment``
+    adds variables."""
     command = " ".join(_exec_word(a) for a in exec_start) if exec_start else DEFAULT_EXEC
     env_lines = "".join(_environment_line(k, v) for k, v in sorted((environment or {}).items()))
     return f"""\
@@ -217,14 +253,18 @@ def unit_status() -> dict[str, object]:
 
     path = unit_dir() / UNIT_NAME
     installed = path.is_file()
+    text = path.read_text() if installed else ""
+    role = installed_role(text) if installed else None
     try:
-        expected = render_unit([str(ccrl_executable()), "agent", "run"], service_environment())
-    except FileNotFoundError:
+        # Up to date: what `ccrl service install --role <the installed role>` would write now.
+        expected = render_unit(agent_argv(ccrl_executable(), role or DEFAULT_ROLE), service_environment())
+    except (FileNotFoundError, ValueError):
         expected = None
     report: dict[str, object] = {
         "unit": str(path),
         "installed": installed,
-        "up_to_date": installed and expected is not None and path.read_text() == expected,
+        "role": role,
+        "up_to_date": installed and expected is not None and text == expected,
     }
     systemctl = Systemctl()
     reason = systemctl.unavailable_reason()

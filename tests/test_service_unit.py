@@ -15,7 +15,17 @@ from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
 from ccrl.agent.config import AgentSettings
-from ccrl.agent.service import STOP_TIMEOUT_SEC, UNIT_NAME, WATCHDOG_SEC, ccrl_executable, render_unit
+import pytest
+
+from ccrl.agent.service import (
+    STOP_TIMEOUT_SEC,
+    UNIT_NAME,
+    WATCHDOG_SEC,
+    agent_argv,
+    ccrl_executable,
+    installed_role,
+    render_unit,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -99,7 +109,8 @@ def test_install_writes_this_installations_unit_and_explains_missing_systemd(ccr
     assert report["shell_only_overrides"] == ["CCRL_AGENT__LOG_LEVEL"]
     text = unit.read_text()
     d = _directives(text)
-    assert d["ExecStart"] == [f"{Path(sys.executable).parent / 'ccrl'} agent run"]
+    assert d["ExecStart"] == [f"{Path(sys.executable).parent / 'ccrl'} agent run --role all"]
+    assert report["role"] == "all"
     assert f'"CCRL_HOME={odd_home}"'.replace("%h", "%%h") in d["Environment"]
     assert oct(unit.stat().st_mode & 0o777) == "0o600"
     # What it wrote verifies cleanly, quoting and all.
@@ -110,6 +121,7 @@ def test_install_writes_this_installations_unit_and_explains_missing_systemd(ccr
     assert status.exit_code == 0
     state = json.loads(status.stdout)
     assert state["installed"] and state["up_to_date"] and state["agent"] == {"running": False, "pid": None}
+    assert state["role"] == "all"
 
     # Twice = once.
     again = json.loads(runner.invoke(app, ["service", "install", "--json"]).stdout)
@@ -129,3 +141,41 @@ def test_exec_paths_with_spaces_and_percent_signs_are_quoted(tmp_path):
     unit.write_text(render_unit([str(odd / "ccrl"), "agent", "run"]))
     done = _verify(unit, tmp_path, tmp_path / "runtime")
     assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("role", ["capture", "trainer", "all"])
+def test_install_passes_the_role_and_each_unit_verifies(role, ccrl_home, tmp_path):
+    result = runner.invoke(app, ["service", "install", "--role", role, "--no-start", "--json"])
+    report = json.loads(result.stdout)
+    assert report["role"] == role and report["exec_start"].endswith(f"agent run --role {role}")
+    unit = tmp_path / "xdg-config" / "systemd" / "user" / UNIT_NAME
+    d = _directives(unit.read_text())
+    assert d["ExecStart"] == [f"{Path(sys.executable).parent / 'ccrl'} agent run --role {role}"]
+    done = _verify(unit, tmp_path, tmp_path / "runtime")
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+    state = json.loads(runner.invoke(app, ["service", "status", "--json"]).stdout)
+    assert state["role"] == role and state["up_to_date"]
+    shown = runner.invoke(app, ["service", "status"])
+    assert f"role: {role}" in shown.stdout
+
+    # Another role is another unit: rewritten, not "unchanged".
+    other = "capture" if role != "capture" else "trainer"
+    again = json.loads(runner.invoke(app, ["service", "install", "--role", other, "--no-start", "--json"]).stdout)
+    assert again["changed"] is True and installed_role(unit.read_text()) == other
+
+
+def test_install_refuses_an_unknown_role_and_writes_nothing(ccrl_home, tmp_path):
+    result = runner.invoke(app, ["service", "install", "--role", "gpu"])
+    assert result.exit_code == 2
+    assert "unknown role 'gpu'" in result.stderr and "all, capture, trainer" in result.stderr
+    assert not (tmp_path / "xdg-config" / "systemd" / "user" / UNIT_NAME).exists()
+
+
+def test_installed_role_reads_old_and_quoted_units(tmp_path):
+    assert installed_role(render_unit()) == "all"  # the repository copy
+    old = render_unit([str(tmp_path / "bin" / "ccrl"), "agent", "run"])  # before roles were passed
+    assert installed_role(old) == "all"
+    odd = render_unit(agent_argv(tmp_path / "my tools" / "100%" / "ccrl", "trainer"))
+    assert installed_role(odd) == "trainer"
+    assert installed_role("[Service]\nExecStart=/usr/bin/true\n") is None

@@ -1,4 +1,5 @@
-"""``ccrl service install|uninstall|status``: the agent as a systemd user service."""
+"""``ccrl service install [--role capture|trainer|all]|uninstall|status``: the agent as a systemd user
+service; the role is passed to the unit's ``ccrl agent run --role``."""
 
 from __future__ import annotations
 
@@ -19,22 +20,33 @@ def _err() -> Console:
 
 @app.command("install")
 def install(
+    role: str = typer.Option(
+        service.DEFAULT_ROLE, "--role",
+        help="What the agent does (its ExecStart's `ccrl agent run --role`): capture (ingest and forward "
+             "only, a member's laptop), trainer (training cycles on the pooled traces, the GPU box), all (both).",
+    ),
     start: bool = typer.Option(True, "--start/--no-start", help="Start (or restart) the agent now."),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
 ) -> None:
     """Write the unit into ~/.config/systemd/user/ for this installation, reload, enable, start."""
     try:
+        service.check_role(role)
+    except ValueError as exc:
+        _err().print(f"[red]error:[/red] --role: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
         exe = service.ccrl_executable()
     except FileNotFoundError as exc:
         _err().print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    text = service.render_unit([str(exe), "agent", "run"], service.service_environment())
+    argv = service.agent_argv(exe, role)
+    text = service.render_unit(argv, service.service_environment())
     try:
         path, changed = service.write_unit(text, service.unit_dir())
     except OSError as exc:
         _err().print(f"[red]error:[/red] cannot write the unit into {service.unit_dir()}: {exc}", highlight=False)
         raise typer.Exit(1) from None
-    report: dict[str, Any] = {"unit": str(path), "changed": changed, "exec_start": f"{exe} agent run",
+    report: dict[str, Any] = {"unit": str(path), "changed": changed, "exec_start": " ".join(argv), "role": role,
                               "environment": service.service_environment(), "enabled": False, "started": False}
     ignored = service.shell_only_overrides()
     if ignored:
@@ -66,7 +78,7 @@ def install(
         return
     console = Console()
     console.print(f"{'Wrote' if changed else 'Unchanged'}: {path}", highlight=False)
-    console.print(f"Enabled{' and started' if start else ''} {service.UNIT_NAME} (ExecStart: {exe} agent run)",
+    console.print(f"Enabled{' and started' if start else ''} {service.UNIT_NAME} (ExecStart: {' '.join(argv)})",
                   highlight=False)
     console.print("Follow it with: journalctl --user -u ccrl-agent -f", highlight=False)
     if linger is False:
@@ -112,8 +124,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     if not report["installed"]:
         console.print(f"Not installed ({report['unit']}). Install with: ccrl service install", highlight=False)
     else:
+        role = report.get("role") or "?"
+        reinstall = f"ccrl service install --role {role}" if report.get("role") else "ccrl service install"
         console.print(f"Unit: {report['unit']}" + ("" if report["up_to_date"] else
-                      " [yellow](differs from this installation: run `ccrl service install`)[/yellow]"))
+                      f" [yellow](differs from this installation: run `{reinstall}`)[/yellow]"), highlight=False)
+        console.print(f"role: {role}", highlight=False)
     if report.get("systemd"):
         console.print(f"systemd: not reachable ({report['systemd']})", highlight=False)
     else:
