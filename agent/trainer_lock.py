@@ -12,7 +12,11 @@ of them takes over at its next cycle check when the trainer stops or loses its c
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import text
@@ -79,3 +83,62 @@ class TrainerLock:
         except Exception:  # noqa: BLE001
             pass
         self._conn = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Manual commands (`ccrl train`, `ccrl build-dataset`, `ccrl agent once`)
+
+
+class TrainerLockError(RuntimeError):
+    """A manual command could not take the trainer lock: the store cannot be reached."""
+
+
+class TrainerLockBusy(TrainerLockError):
+    """Another agent (or manual command) trains on this store now."""
+
+
+def busy_message(settings: Settings) -> str:
+    from ccrl.agent.status import mask_url
+
+    return f"another training agent holds the lock on {mask_url(settings.db_url)}: stop it or wait"
+
+
+POLL_S = 5.0
+
+
+@contextmanager
+def manual_trainer_lock(settings: Settings, *, wait: bool = False, poll_s: float = POLL_S) -> Iterator[TrainerLock | None]:
+    """Hold the trainer lock for a manual command that numbers datasets, runs or cycles, so it
+    cannot race the training agent of a shared store (the pipeline lock only keeps one
+    machine's processes apart). Without ``wait`` a held lock raises :class:`TrainerLockBusy`;
+    with it the command waits, polling. A local SQLite store has no other machine's agent:
+    nothing is taken (yields None)."""
+    from ccrl.agent.forward import is_remote, unreachable
+
+    if not is_remote(settings):
+        yield None
+        return
+    lock = TrainerLock(settings)
+
+    def take() -> bool:
+        try:
+            return lock.hold()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            from ccrl.agent.status import mask_url, scrub_password
+
+            detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+            raise TrainerLockError(scrub_password(f"cannot reach the store {mask_url(settings.db_url)} to take "
+                                                  f"the trainer lock: {detail}", settings.db_url)) from None
+
+    if not take():
+        if not wait:
+            raise TrainerLockBusy(busy_message(settings))
+        print(f"ccrl: {busy_message(settings)}; waiting for it…", file=sys.stderr, flush=True)
+        while not take():
+            time.sleep(poll_s)
+    try:
+        yield lock
+    finally:
+        lock.release()

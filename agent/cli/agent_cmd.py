@@ -63,7 +63,15 @@ def once(as_json: bool = typer.Option(False, "--json", help="Print the cycle as 
         err.print(f"[red]error:[/red] {busy_message(holder)}; try again when it is done "
                   "(`ccrl agent status` shows progress).", highlight=False)
         raise typer.Exit(1)
-    cycle = run_once(settings)
+    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
+
+    try:
+        # On a shared store, a cycle by hand must not race the training agent's own cycles.
+        with manual_trainer_lock(settings):
+            cycle = run_once(settings)
+    except TrainerLockError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     if cycle is None:
         from ccrl.agent.agent_status import agent_status
 

@@ -68,9 +68,15 @@ def build_dataset_cmd(
     """
     from ccrl.agent.config import get_settings
     from ccrl.agent.datasets import DatasetBuildError, build_dataset
+    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
 
+    settings = get_settings()
     try:
-        result = build_dataset(get_settings(), fmt=fmt.value if fmt else None, out=out, force=force)
+        # On a shared store the training agent numbers dataset versions too: never at once.
+        with manual_trainer_lock(settings):
+            result = build_dataset(settings, fmt=fmt.value if fmt else None, out=out, force=force)
+    except TrainerLockError as exc:
+        _fail(str(exc))
     except DatasetBuildError as exc:
         _fail(str(exc))
     except OSError as exc:

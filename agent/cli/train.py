@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
         ),
         dataset_version: int | None = typer.Option(None, "--dataset-version", help="Dataset version number (default: the newest)."),
         no_resume: bool = typer.Option(False, "--no-resume", help="Abandon an interrupted run instead of resuming it."),
-        wait: bool = typer.Option(False, "--wait", help="Wait while the agent (or another command) holds the pipeline."),
+        wait: bool = typer.Option(False, "--wait", help="Wait while the agent (or another command) holds the pipeline, or another machine's agent trains on the shared store."),
         json_out: bool = typer.Option(False, "--json", help="Print the run as JSON on stdout."),
         episodes: int | None = typer.Option(
             None, "--episodes", min=1, help="RL: prompts to train on, each with --num-generations completions "
@@ -145,6 +145,7 @@ def register(app: typer.Typer) -> None:
         """
         from ccrl.agent.config import get_settings
         from ccrl.agent.lock import LockBusy, manual_command
+        from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
         from ccrl.agent.training import PHASES, TrainingError, run_json, run_training
 
         if phase == "ppo":
@@ -172,7 +173,10 @@ def register(app: typer.Typer) -> None:
         terminal = is_terminal()
         emit = _human_emit if terminal else json_line_emitter()
         try:
-            with manual_command(f"ccrl train --phase {phase}", wait=wait, home=settings.home):
+            # The pipeline lock keeps this machine's agent out; on a shared store the trainer
+            # lock keeps every other machine's training agent out too.
+            with manual_command(f"ccrl train --phase {phase}", wait=wait, home=settings.home), \
+                    manual_trainer_lock(settings, wait=wait):
                 run = run_training(
                     phase, dataset_version_id=dataset_version_id, from_base=from_base, quant=quant,
                     max_steps=max_steps, base_model=base_model, resume=not no_resume, settings=settings,
@@ -180,6 +184,8 @@ def register(app: typer.Typer) -> None:
                 )
         except LockBusy as busy:
             _fail(f"{busy}; try again later or pass --wait")
+        except TrainerLockError as exc:
+            _fail(str(exc))
         except TrainingError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
