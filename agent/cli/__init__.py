@@ -13,6 +13,7 @@ from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
 from ccrl.agent.cli import eval_cmd
 from ccrl.agent.cli import models_cmd
 from ccrl.agent.cli import demo_cmd, doctor_cmd
+from ccrl.agent.cli import store_cmd
 
 app = typer.Typer(
     name="ccrl",
@@ -37,6 +38,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(service_cmd.app, name="service")
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(store_cmd.app, name="store")
 
 
 def main() -> None:
