@@ -72,7 +72,8 @@ def build_go_renderer(out_dir: Path) -> Path:
 
 def go_render(binary: Path, mode: str, template: str, messages: list[dict] | None = None,
               tools: list[dict] | None = None) -> str:
-    """Run the Go renderer: ``render`` (the prompt Ollama would build), ``tag`` or ``vars``."""
+    """Run the Go renderer: ``render`` (the prompt Ollama v0.14+ would build), ``render-legacy``
+    (the same as Ollama v0.2.6 to v0.13 built it), ``tag`` or ``vars``."""
     payload = json.dumps({"template": template, "messages": messages or [], "tools": tools or []})
     proc = subprocess.run([str(binary), mode], input=payload.encode(), capture_output=True)
     if proc.returncode != 0:

@@ -1,18 +1,43 @@
 // go_render renders an Ollama chat template the way Ollama does, for ccrl's tests.
 //
 // Go's text/template is the reference implementation of Ollama templates. This program mirrors
-// the parts of Ollama that decide the rendered text: the JSON shapes of api.Message, api.ToolCall
-// (arguments keep their key order; nested objects decode into Go maps) and api.Tool; the
-// template functions ("json"); the "missingkey=zero" option; and template.Execute's handling of
-// messages (collate: system messages collected into .System and kept in .Messages, consecutive
-// messages of one role merged except tool results). It also ports Ollama's lookup of the
-// tool-call tag (the first text inside {{ if .ToolCalls }}) and of the template's variables.
+// the parts of Ollama that decide the rendered text, from Ollama's own source:
+//
+//   - api/types.go: the JSON shapes of api.Message, api.ToolCall and api.Tool as a chat request
+//     decodes them. Since v0.14 (PR #13525, "preserve tool definition and call JSON ordering")
+//     api.ToolCallFunctionArguments is an ordered map (internal/orderedmap over
+//     wk8/go-ordered-map): the top level keeps the client's key order, nested objects decode into
+//     map[string]any and numbers into float64.
+//   - template/template.go, Template.Execute: collate (system messages collected into .System and
+//     kept in .Messages; consecutive messages of one role merged with a blank line, except tool
+//     results), the "missingkey=zero" option and the "json" function (json.Marshal). Since v0.14
+//     (PR #13636, "template: fix args-as-json rendering") Execute does not hand templates the api
+//     types: convertMessagesForTemplate turns each call's arguments into templateArgs, a plain
+//     map[string]any (Arguments.ToMap()) whose String method is json.Marshal, and
+//     convertToolsForTemplate does the same for tool properties. So {{ .Function.Arguments }}
+//     prints Go's encoding/json of a map: compact, keys sorted at every level whatever order the
+//     client sent, <, > and & escaped as \u003c \u003e \u0026 (also U+2028, U+2029), numbers as
+//     float64. That is mode "render".
+//   - v0.2.6 to v0.13.x (PR #5758, "marshal json automatically for some template values"): the
+//     templates got api.Message itself, with `type ToolCallFunctionArguments map[string]any` and a
+//     pointer-receiver String method (json.Marshal of the map: the same bytes). That is mode
+//     "render-legacy"; the tool list is written as in "render" there.
+//   - server/prompt.go (chatPrompt, renderPrompt) passes the request's messages to
+//     Template.Execute unchanged apart from image tags.
+//
+// Ollama is built with Go >= 1.22, whose encoding/json writes \b and \f as short escapes (as
+// Python's json does); Debian's older Go writes \u0008 and \u000c, so the tests keep those two
+// characters out of what they render here.
+//
+// It also ports Ollama's lookup of the tool-call tag (the first text inside {{ if .ToolCalls }})
+// and of the template's variables.
 //
 // Usage (JSON on stdin):
 //
-//	go_render render   {"template": "...", "messages": [...], "tools": [...]}  -> rendered text
-//	go_render tag      {"template": "..."}                                     -> tool-call tag
-//	go_render vars     {"template": "..."}                                     -> variables, one per line
+//	go_render render        {"template": "...", "messages": [...], "tools": [...]}  -> rendered text
+//	go_render render-legacy {"template": "...", "messages": [...], "tools": [...]}  -> rendered text
+//	go_render tag           {"template": "..."}                                     -> tool-call tag
+//	go_render vars          {"template": "..."}                                     -> variables, one per line
 package main
 
 import (
@@ -247,6 +272,176 @@ func (t Tools) String() string {
 	return string(bts)
 }
 
+// The template-side types of template/template.go (v0.14+): what .Messages and .Tools hold.
+
+type templateTools []templateTool
+
+func (t templateTools) String() string {
+	bts, _ := json.Marshal(t)
+	return string(bts)
+}
+
+type templateArgs map[string]any
+
+func (t templateArgs) String() string {
+	if t == nil {
+		return "{}"
+	}
+	bts, _ := json.Marshal(t)
+	return string(bts)
+}
+
+type templateProperties map[string]ToolProperty
+
+func (t templateProperties) String() string {
+	if t == nil {
+		return "{}"
+	}
+	bts, _ := json.Marshal(t)
+	return string(bts)
+}
+
+type templateTool struct {
+	Type     string               `json:"type"`
+	Items    any                  `json:"items,omitempty"`
+	Function templateToolFunction `json:"function"`
+}
+
+type templateToolFunction struct {
+	Name        string                         `json:"name"`
+	Description string                         `json:"description"`
+	Parameters  templateToolFunctionParameters `json:"parameters"`
+}
+
+type templateToolFunctionParameters struct {
+	Type       string             `json:"type"`
+	Defs       any                `json:"$defs,omitempty"`
+	Items      any                `json:"items,omitempty"`
+	Required   []string           `json:"required,omitempty"`
+	Properties templateProperties `json:"properties"`
+}
+
+type templateToolCall struct {
+	ID       string
+	Function templateToolCallFunction
+}
+
+type templateToolCallFunction struct {
+	Index     int
+	Name      string
+	Arguments templateArgs
+}
+
+type templateMessage struct {
+	Role       string
+	Content    string
+	Thinking   string
+	Images     []ImageData
+	ToolCalls  []templateToolCall
+	ToolName   string
+	ToolCallID string
+}
+
+func convertToolsForTemplate(tools Tools) templateTools {
+	if tools == nil {
+		return nil
+	}
+	result := make(templateTools, len(tools))
+	for i, tool := range tools {
+		var properties map[string]ToolProperty
+		if tool.Function.Parameters.Properties != nil && tool.Function.Parameters.Properties.om != nil {
+			properties = tool.Function.Parameters.Properties.om.ToMap()
+		}
+		result[i] = templateTool{
+			Type:  tool.Type,
+			Items: tool.Items,
+			Function: templateToolFunction{
+				Name:        tool.Function.Name,
+				Description: tool.Function.Description,
+				Parameters: templateToolFunctionParameters{
+					Type:       tool.Function.Parameters.Type,
+					Defs:       tool.Function.Parameters.Defs,
+					Items:      tool.Function.Parameters.Items,
+					Required:   tool.Function.Parameters.Required,
+					Properties: templateProperties(properties),
+				},
+			},
+		}
+	}
+	return result
+}
+
+func convertMessagesForTemplate(messages []*Message) []*templateMessage {
+	if messages == nil {
+		return nil
+	}
+	result := make([]*templateMessage, len(messages))
+	for i, msg := range messages {
+		var toolCalls []templateToolCall
+		for _, tc := range msg.ToolCalls {
+			toolCalls = append(toolCalls, templateToolCall{
+				ID: tc.ID,
+				Function: templateToolCallFunction{
+					Index:     tc.Function.Index,
+					Name:      tc.Function.Name,
+					Arguments: templateArgs(tc.Function.Arguments.ToMap()),
+				},
+			})
+		}
+		result[i] = &templateMessage{
+			Role:       msg.Role,
+			Content:    msg.Content,
+			Thinking:   msg.Thinking,
+			Images:     msg.Images,
+			ToolCalls:  toolCalls,
+			ToolName:   msg.ToolName,
+			ToolCallID: msg.ToolCallID,
+		}
+	}
+	return result
+}
+
+// The api types of Ollama v0.2.6 to v0.13.x, which templates saw directly then.
+
+type legacyMessage struct {
+	Role       string           `json:"role"`
+	Content    string           `json:"content"`
+	Thinking   string           `json:"thinking,omitempty"`
+	Images     []ImageData      `json:"images,omitempty"`
+	ToolCalls  []legacyToolCall `json:"tool_calls,omitempty"`
+	ToolName   string           `json:"tool_name,omitempty"`
+	ToolCallID string           `json:"tool_call_id,omitempty"`
+}
+
+func (m *legacyMessage) UnmarshalJSON(b []byte) error {
+	type Alias legacyMessage
+	var a Alias
+	if err := json.Unmarshal(b, &a); err != nil {
+		return err
+	}
+	*m = legacyMessage(a)
+	m.Role = strings.ToLower(m.Role)
+	return nil
+}
+
+type legacyToolCall struct {
+	ID       string                 `json:"id,omitempty"`
+	Function legacyToolCallFunction `json:"function"`
+}
+
+type legacyToolCallFunction struct {
+	Index     int        `json:"index,omitempty"`
+	Name      string     `json:"name"`
+	Arguments legacyArgs `json:"arguments"`
+}
+
+type legacyArgs map[string]any
+
+func (t *legacyArgs) String() string {
+	bts, _ := json.Marshal(t)
+	return string(bts)
+}
+
 var funcs = template.FuncMap{
 	"json": func(v any) string {
 		b, _ := json.Marshal(v)
@@ -260,15 +455,15 @@ func parseTemplate(s string) (*template.Template, error) {
 
 // collate is Ollama's: system messages are collected (and stay in the list); consecutive
 // messages of the same role are merged with a blank line, except tool results.
-func collate(msgs []Message) (string, []*Message) {
+func collate[M any](msgs []M, role func(*M) string, content func(*M) *string) (string, []*M) {
 	var system []string
-	var collated []*Message
+	var collated []*M
 	for i := range msgs {
-		if msgs[i].Role == "system" {
-			system = append(system, msgs[i].Content)
+		if role(&msgs[i]) == "system" {
+			system = append(system, *content(&msgs[i]))
 		}
-		if len(collated) > 0 && collated[len(collated)-1].Role == msgs[i].Role && msgs[i].Role != "tool" {
-			collated[len(collated)-1].Content += "\n\n" + msgs[i].Content
+		if len(collated) > 0 && role(collated[len(collated)-1]) == role(&msgs[i]) && role(&msgs[i]) != "tool" {
+			*content(collated[len(collated)-1]) += "\n\n" + *content(&msgs[i])
 		} else {
 			collated = append(collated, &msgs[i])
 		}
@@ -457,9 +652,21 @@ func toolCallTag(tmpl *template.Template) string {
 }
 
 type request struct {
-	Template string    `json:"template"`
-	Messages []Message `json:"messages"`
-	Tools    Tools     `json:"tools"`
+	Template string          `json:"template"`
+	Messages json.RawMessage `json:"messages"`
+	Tools    Tools           `json:"tools"`
+}
+
+func values(system string, messages any, tools Tools) map[string]any {
+	return map[string]any{
+		"System":     system,
+		"Messages":   messages,
+		"Tools":      convertToolsForTemplate(tools),
+		"Response":   "",
+		"Think":      false,
+		"ThinkLevel": "",
+		"IsThinkSet": false,
+	}
 }
 
 func fail(format string, args ...any) {
@@ -469,7 +676,7 @@ func fail(format string, args ...any) {
 
 func main() {
 	if len(os.Args) != 2 {
-		fail("usage: go_render render|tag|vars < request.json")
+		fail("usage: go_render render|render-legacy|tag|vars < request.json")
 	}
 	input, err := io.ReadAll(os.Stdin)
 	if err != nil {
@@ -484,18 +691,31 @@ func main() {
 		fail("parse template: %v", err)
 	}
 	switch os.Args[1] {
-	case "render":
-		system, messages := collate(req.Messages)
+	case "render", "render-legacy":
+		var data map[string]any
+		messages := req.Messages
+		if len(messages) == 0 {
+			messages = json.RawMessage("[]")
+		}
+		if os.Args[1] == "render" {
+			var msgs []Message
+			if err := json.Unmarshal(messages, &msgs); err != nil {
+				fail("decode messages: %v", err)
+			}
+			system, collated := collate(msgs, func(m *Message) string { return m.Role },
+				func(m *Message) *string { return &m.Content })
+			data = values(system, convertMessagesForTemplate(collated), req.Tools)
+		} else {
+			var msgs []legacyMessage
+			if err := json.Unmarshal(messages, &msgs); err != nil {
+				fail("decode messages: %v", err)
+			}
+			system, collated := collate(msgs, func(m *legacyMessage) string { return m.Role },
+				func(m *legacyMessage) *string { return &m.Content })
+			data = values(system, collated, req.Tools)
+		}
 		var out bytes.Buffer
-		err := tmpl.Execute(&out, map[string]any{
-			"System":     system,
-			"Messages":   messages,
-			"Tools":      req.Tools,
-			"Response":   "",
-			"Think":      false,
-			"IsThinkSet": false,
-		})
-		if err != nil {
+		if err := tmpl.Execute(&out, data); err != nil {
 			fail("execute template: %v", err)
 		}
 		os.Stdout.Write(out.Bytes())
