@@ -14,8 +14,13 @@ Messages (the chat format TRL uses)
                      "function": {"name": "Read", "arguments": "{\\"file_path\\": \\"/x\\"}"}}]}
     {"role": "tool", "tool_call_id": "toolu_…", "name": "Read", "content": "<result>"}
 
-``arguments`` is a JSON string (``json.dumps(input, ensure_ascii=False)``, the input's own key
-order), never a dict: Arrow would otherwise merge the keys of every call into one struct.
+``arguments`` is a JSON string, never a dict (Arrow would otherwise merge the keys of every call
+into one struct), always written by :func:`tool_arguments` in ccrl's one canonical form: exactly
+the bytes Ollama's template prints for ``{{ .Function.Arguments }}`` when a client sends the call
+back in a later request (Go's ``encoding/json`` over a plain map: compact, keys sorted at every
+level, ``<`` ``>`` ``&`` U+2028 U+2029 escaped, numbers as Go prints a float64). Training text,
+the training chat templates, the evaluation's parser and a deployed model in Ollama then agree on
+every earlier call of a multi-turn conversation, not only on the current turn.
 
 Trajectory format (``trace_to_messages``)
 -----------------------------------------
@@ -33,11 +38,15 @@ line per call, in order::
 
     <tool_call>{"name": "<name>", "arguments": <arguments JSON string verbatim>}</tool_call>
 
+e.g. ``<tool_call>{"name": "Read", "arguments": {"file_path":"/x","limit":10}}</tool_call>`` (the
+wrapper is spaced, the arguments are canonical)
+
 joined by ``"\\n"``; content and calls are joined by ``"\\n"`` when both are present. Tool
 names are plain identifiers (Claude Code's are ``[A-Za-z0-9_-]``), so a Jinja template can
 write ``{"name": "{{ name }}", "arguments": {{ arguments }}}`` and render the same bytes.
 ``parse_assistant_text`` reads it back (tolerant: it never raises and lists what it could not
-parse in ``.errors``).
+parse in ``.errors``), with each call's arguments in the canonical form whatever JSON the model
+wrote (as Ollama does: it parses the model's call and renders it canonically on the next turn).
 
 Workflow format (``trace_to_workflow``)
 ---------------------------------------
@@ -64,9 +73,11 @@ measure a generation exactly as it measures a reference.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ccrl.agent.signals import (
@@ -168,9 +179,86 @@ def truncate_result(text: str, max_tokens: int = DEFAULT_TOOL_RESULT_TOKENS) -> 
     return f"{text[:head]}\n[ccrl: {omitted} characters omitted]\n{text[len(text) - tail:] if tail else ''}"
 
 
+# What Go's encoding/json escapes inside strings beyond what json.dumps(ensure_ascii=False) does
+# (HTML safety, and the two line separators JavaScript cannot hold in a string literal).
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_FLOAT64_EXACT_INT = 2 ** 53
+
+
+def _go_string(text: str) -> str:
+    # A lone surrogate cannot be sent as UTF-8; Go decodes its \\u escape to U+FFFD.
+    quoted = json.dumps(_SURROGATE_RE.sub("\ufffd", text), ensure_ascii=False)
+    return _GO_ESCAPE_RE.sub(lambda m: _GO_ESCAPES[m.group(0)], quoted)
+
+
+def _go_number(value: int | float) -> str:
+    """A JSON number as Go prints it after decoding it into ``any`` (a float64): integers up to
+    2**53 unchanged, ``1.0`` as ``1``, exponents below 1e-6 and from 1e21 (``1e-7``, ``1e+21``)."""
+    if isinstance(value, int):
+        if -_FLOAT64_EXACT_INT <= value <= _FLOAT64_EXACT_INT:
+            return str(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(f"the integer {value} does not fit a float64") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a JSON number")
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    # repr gives the shortest digits that round-trip, as Go's strconv does; only the layout differs.
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)
+    point = len(digits) + exponent  # value = 0.<digits> * 10**point
+    minus = "-" if sign else ""
+    if abs(value) < 1e-6 or abs(value) >= 1e21:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        power = point - 1
+        return f"{minus}{mantissa}e-{-power}" if power < 0 else f"{minus}{mantissa}e+{power:02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return f"{minus}{digits}{'0' * (point - len(digits))}"
+    return f"{minus}{digits[:point]}.{digits[point:]}"
+
+
+def _go_json(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _go_number(value)
+    if isinstance(value, str):
+        return _go_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_go_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, not {type(key).__name__}")
+            items.append((_SURROGATE_RE.sub("\ufffd", key), item))
+        items.sort(key=lambda pair: pair[0])  # code point order = Go's byte order of UTF-8
+        return "{" + ",".join(_go_string(k) + ":" + _go_json(v) for k, v in items) + "}"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def tool_arguments(tool_input: Any) -> str:
-    """The JSON string stored as a call's ``arguments`` (key order kept, UTF-8 kept)."""
-    return json.dumps(tool_input, ensure_ascii=False)
+    """The JSON string stored as a call's ``arguments``: the canonical form, byte for byte what
+    Ollama prints for ``{{ .Function.Arguments }}`` when the call comes back in a later request.
+
+    Ollama decodes a call's arguments (``api.ToolCallFunctionArguments``) and hands its Go
+    templates a plain ``map[string]any`` (``template.convertMessagesForTemplate``, v0.14 and later;
+    before that the map itself), printed with ``json.Marshal``. So: compact separators, keys
+    sorted at every level, UTF-8 kept, ``<`` ``>`` ``&`` U+2028 U+2029 escaped as ``\\u003c`` …,
+    numbers as Go prints a float64 (``1.0`` → ``1``, ``1e-07`` → ``1e-7``, integers beyond 2**53
+    rounded). Raises ``TypeError``/``ValueError`` for what JSON cannot hold (NaN, non-string keys).
+    Idempotent: ``tool_arguments(json.loads(tool_arguments(x))) == tool_arguments(x)``.
+    """
+    return _go_json(tool_input)
 
 
 def _json_type(value: Any) -> str:
@@ -359,7 +447,7 @@ def _skip_space(text: str, i: int) -> int:
 
 
 def _exact_call(text: str, i: int) -> tuple[str, str, int] | None:
-    """The call at ``i`` in exactly the rendered form: (name, arguments slice, end)."""
+    """The call at ``i`` in exactly the rendered form: (name, canonical arguments, end)."""
     if not text.startswith(_NAME_PREFIX, i):
         return None
     try:
@@ -372,7 +460,10 @@ def _exact_call(text: str, i: int) -> tuple[str, str, int] | None:
         return None
     if not isinstance(arguments, dict) or not text.startswith("}", k):
         return None
-    return name, text[start:k], k + 1
+    try:
+        return name, tool_arguments(arguments), k + 1
+    except ValueError:  # e.g. a number too large for a float64: let the loose reader report it
+        return None
 
 
 def _loose_call(text: str, i: int) -> tuple[str | None, str | None, int, str | None]:
@@ -394,7 +485,10 @@ def _loose_call(text: str, i: int) -> tuple[str | None, str | None, int, str | N
             return None, None, end, f"arguments of {name} are not JSON"
     if not isinstance(arguments, dict):
         return None, None, end, f"arguments of {name} are not a JSON object"
-    return name, tool_arguments(arguments), end, None
+    try:
+        return name, tool_arguments(arguments), end, None
+    except ValueError as exc:
+        return None, None, end, f"arguments of {name} cannot be written as JSON ({exc})"
 
 
 def parse_assistant_text(text: Any) -> ParsedAssistant:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.agent.conversation import PlanStep, render_workflow
+from ccrl.agent.conversation import PlanStep, render_workflow, tool_arguments
 from ccrl.trainers import ab
 from ccrl.trainers.metrics import rate
 
@@ -21,7 +22,7 @@ def _plan(tools: list[str], reasoning: list[str], response: str, *, long_arg: in
         if long_arg:
             args["content"] = "x" * long_arg
         steps.append(PlanStep(f"step {i} because it matters",
-                              [{"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]))
+                              [{"type": "function", "function": {"name": name, "arguments": tool_arguments(args)}}]))
     return render_workflow(reasoning, steps, response)
 
 
@@ -46,7 +47,8 @@ def test_canonical_plan_hides_formatting_differences():
         {"kind": "text", "text": "ok"}]}
     dataset_cut = workflow_text(trace)  # Claude's reference, cut when the dataset was built
     assert "characters omitted" in dataset_cut
-    generated = dataset_cut.replace(dataset_cut[dataset_cut.index("x"):dataset_cut.index('"}}')], "x" * 900)
+    cut_value = re.search(r"x+…\[ccrl: \d+ characters omitted\]", dataset_cut).group(0)
+    generated = dataset_cut.replace(cut_value, "x" * 900)
     assert ab.canonical_plan(dataset_cut) == ab.canonical_plan(generated)
     assert ab.CUT in ab.canonical_plan(generated) and "omitted" not in ab.canonical_plan(generated)
     # Text that is no plan at all keeps its words (as the response).

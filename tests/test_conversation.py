@@ -46,7 +46,7 @@ def test_trace_to_messages_structure():
                                 "Let me find where the timeout is set.")
     assert [c["function"]["name"] for c in first["tool_calls"]] == ["Grep", "Read"]
     assert first["tool_calls"][0] == {"type": "function", "id": "toolu_1", "function": {
-        "name": "Grep", "arguments": '{"pattern": "timeout", "path": "/repo"}'}}
+        "name": "Grep", "arguments": '{"path":"/repo","pattern":"timeout"}'}}
     # results in call order, linked by id, long output cut with a marker
     assert msgs[3] == {"role": "tool", "tool_call_id": "toolu_1", "name": "Grep", "content": "cfg.py:3: timeout = 30"}
     assert msgs[4]["tool_call_id"] == "toolu_2" and "[ccrl: 4600 characters omitted]" in msgs[4]["content"]
@@ -56,10 +56,47 @@ def test_trace_to_messages_structure():
     assert conv.next_action_decisions(msgs) == 4
 
 
-def test_arguments_are_json_strings_with_key_order_and_unicode_kept():
-    t = TraceBuilder().call("Write", {"file_path": "/é.txt", "content": "naïve </tool_call> ok"}).say("ok").build()
+def test_arguments_are_canonical_json_strings():
+    """Ollama's form (Go's json.Marshal of a map): compact, keys sorted at every level, UTF-8
+    kept, <, > and & escaped (so a call's arguments can never hold a literal </tool_call>)."""
+    t = (TraceBuilder().call("Write", {"file_path": "/é.txt", "content": "naïve </tool_call> ok",
+                                       "meta": {"z": [1.0, {"b": True, "a": None}], "a": "x&y"}})
+         .say("ok").build())
     call = conv.trace_to_messages(t)[2]["tool_calls"][0]
-    assert call["function"]["arguments"] == '{"file_path": "/é.txt", "content": "naïve </tool_call> ok"}'
+    assert call["function"]["arguments"] == (
+        '{"content":"naïve \\u003c/tool_call\\u003e ok","file_path":"/é.txt",'
+        '"meta":{"a":"x\\u0026y","z":[1,{"a":null,"b":true}]}}')
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ({}, "{}"),
+    ({"b": 1, "a": {"d": 2, "c": [3, {"f": 4, "e": 5}]}}, '{"a":{"c":[3,{"e":5,"f":4}],"d":2},"b":1}'),
+    ({"é": 1, "e": 2, "~": 3, "A": 4}, '{"A":4,"e":2,"~":3,"é":1}'),  # code points = Go's UTF-8 byte order
+    ({"s": "<a href='x'>&amp;</a>"}, '{"s":"\\u003ca href=\'x\'\\u003e\\u0026amp;\\u003c/a\\u003e"}'),
+    ({"s": "é ü 😀 \u2028\u2029"}, '{"s":"é ü 😀 \\u2028\\u2029"}'),
+    ({"s": "tab\tnl\n\"q\" \\ \x01\x1f\x7f\b\f"}, '{"s":"tab\\tnl\\n\\"q\\" \\\\ \\u0001\\u001f\x7f\\b\\f"}'),
+    ({"s": "\ud800x"}, '{"s":"\ufffdx"}'),  # a lone surrogate cannot reach Ollama as UTF-8
+    ({"n": [0, -3, 1.0, 1.5, 0.1, 1e-6, 1e-7, 2.5e-10, 1e20, 1e21, 3.14e100]},
+     '{"n":[0,-3,1,1.5,0.1,0.000001,1e-7,2.5e-10,100000000000000000000,1e+21,3.14e+100]}'),
+    ({"n": [2 ** 53, 2 ** 53 + 1, 12345678901234567890, 10 ** 25]},  # Ollama decodes numbers as float64
+     '{"n":[9007199254740992,9007199254740992,12345678901234567000,1e+25]}'),
+])
+def test_tool_arguments_writes_what_go_json_marshal_writes(value, text):
+    assert conv.tool_arguments(value) == text
+    assert conv.tool_arguments(json.loads(text)) == text  # idempotent
+
+
+def test_negative_zero_is_written_as_go_writes_it():
+    assert conv.tool_arguments({"n": -0.0}) == '{"n":-0}'  # (Python's json reads -0 back as the integer 0)
+
+
+@pytest.mark.parametrize("bad", [{"x": float("nan")}, {"x": float("inf")}, {"x": 10 ** 400}, {1: "a"}, {"x": {1, 2}}])
+def test_tool_arguments_refuses_what_json_cannot_hold(bad):
+    with pytest.raises((TypeError, ValueError)):
+        conv.tool_arguments(bad)
+    trace = TraceBuilder().call("Bash", bad).say("ok").build()
+    with pytest.raises(conv.ConversionError, match="corrupt_tool_input"):
+        conv.trace_to_messages(trace)
 
 
 def test_truncate_result_keeps_head_and_tail():
@@ -108,11 +145,11 @@ def test_render_assistant_text_format():
     assert text == (
         "The user wants a configurable timeout. First, find where it is set.\n\n"
         "Let me find where the timeout is set.\n"
-        '<tool_call>{"name": "Grep", "arguments": {"pattern": "timeout", "path": "/repo"}}</tool_call>\n'
-        '<tool_call>{"name": "Read", "arguments": {"file_path": "/repo/cfg.py"}}</tool_call>'
+        '<tool_call>{"name": "Grep", "arguments": {"path":"/repo","pattern":"timeout"}}</tool_call>\n'
+        '<tool_call>{"name": "Read", "arguments": {"file_path":"/repo/cfg.py"}}</tool_call>'
     )
     assert conv.render_assistant_text({"role": "assistant", "content": "", "tool_calls": msg["tool_calls"][:1]}) \
-        == '<tool_call>{"name": "Grep", "arguments": {"pattern": "timeout", "path": "/repo"}}</tool_call>'
+        == '<tool_call>{"name": "Grep", "arguments": {"path":"/repo","pattern":"timeout"}}</tool_call>'
     # Arrow fills absent keys with None
     assert conv.render_assistant_text({"role": "assistant", "content": "Done.", "tool_calls": None}) == "Done."
 
@@ -128,9 +165,14 @@ def test_parse_round_trips_every_assistant_message():
 
 
 def test_arguments_containing_the_closing_tag_round_trip():
-    call = {"type": "function", "function": {"name": "Write", "arguments": '{"content": "a</tool_call>b<tool_call>"}'}}
+    arguments = conv.tool_arguments({"content": "a</tool_call>b<tool_call>"})
+    call = {"type": "function", "function": {"name": "Write", "arguments": arguments}}
     text = conv.render_assistant_text({"content": "x", "tool_calls": [call]})
+    assert text.count("<tool_call>") == 1 and text.count("</tool_call>") == 1  # escaped in the arguments
     assert conv.parse_assistant_text(text) == ("x", [call])
+    # A model that writes the tags unescaped inside a string is still read right, canonically.
+    raw = 'x\n<tool_call>{"name": "Write", "arguments": {"content": "a</tool_call>b<tool_call>"}}</tool_call>'
+    assert conv.parse_assistant_text(raw) == ("x", [call])
 
 
 @settings(max_examples=200, deadline=None)
@@ -139,12 +181,17 @@ def test_arguments_containing_the_closing_tag_round_trip():
                                 st.dictionaries(st.text(max_size=10), st.text(max_size=30) | st.integers() | st.none(),
                                                 max_size=4)), max_size=4))
 def test_render_parse_round_trip_property(content, calls):
-    tool_calls = [{"type": "function", "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}}
+    tool_calls = [{"type": "function", "function": {"name": n, "arguments": conv.tool_arguments(a)}}
                   for n, a in calls]
     if not content and not tool_calls:
         return
     parsed = conv.parse_assistant_text(conv.render_assistant_text({"content": content, "tool_calls": tool_calls}))
     assert parsed == (content, tool_calls) and parsed.errors == []
+    # Arguments in any other JSON layout (a model's own spacing and key order) parse canonically.
+    spaced = [{"type": "function", "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}}
+              for n, a in calls]
+    assert conv.parse_assistant_text(conv.render_assistant_text({"content": content, "tool_calls": spaced})) \
+        == (content, tool_calls)
 
 
 def test_parse_tolerates_model_output():
@@ -152,8 +199,8 @@ def test_parse_tolerates_model_output():
             '<tool_call>{"name":"Grep","parameters":{"pattern":"x"}}</tool_call>\nthen more')
     content, calls = parsed = conv.parse_assistant_text(text)
     assert content == "I will read it.\nthen more"
-    assert calls == [{"type": "function", "function": {"name": "Read", "arguments": '{"file_path": "/a"}'}},
-                     {"type": "function", "function": {"name": "Grep", "arguments": '{"pattern": "x"}'}}]
+    assert calls == [{"type": "function", "function": {"name": "Read", "arguments": '{"file_path":"/a"}'}},
+                     {"type": "function", "function": {"name": "Grep", "arguments": '{"pattern":"x"}'}}]
     assert parsed.errors == []
     assert conv.tool_call_input(calls[0]) == {"file_path": "/a"}
 
@@ -220,14 +267,14 @@ def test_workflow_text():
         "3. Now update the default\n"
         "Plan:\n"
         "1. Let me find where the timeout is set.\n"
-        '<tool_call>{"name": "Grep", "arguments": {"pattern": "timeout", "path": "/repo"}}</tool_call>\n'
-        '<tool_call>{"name": "Read", "arguments": {"file_path": "/repo/cfg.py"}}</tool_call>\n'
+        '<tool_call>{"name": "Grep", "arguments": {"path":"/repo","pattern":"timeout"}}</tool_call>\n'
+        '<tool_call>{"name": "Read", "arguments": {"file_path":"/repo/cfg.py"}}</tool_call>\n'
         "2. Now update the default\n"
-        '<tool_call>{"name": "Edit", "arguments": {"file_path": "/repo/cfg.py", "old_string": "timeout = 30", '
-        '"new_string": "timeout = int(os.environ.get(\\"T\\", 30))"}}</tool_call>\n'
+        '<tool_call>{"name": "Edit", "arguments": {"file_path":"/repo/cfg.py",'
+        '"new_string":"timeout = int(os.environ.get(\\"T\\", 30))","old_string":"timeout = 30"}}</tool_call>\n'
         "3.\n"
-        '<tool_call>{"name": "Edit", "arguments": {"file_path": "/repo/cfg.py", "old_string": "timeout = 30 ", '
-        '"new_string": "timeout = 45 "}}</tool_call>\n'
+        '<tool_call>{"name": "Edit", "arguments": {"file_path":"/repo/cfg.py",'
+        '"new_string":"timeout = 45 ","old_string":"timeout = 30 "}}</tool_call>\n'
         "Response:\n"
         "The timeout now reads `T` from the environment."
     )

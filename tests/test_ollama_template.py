@@ -1,8 +1,9 @@
 """The Ollama Go templates render a conversation to exactly the text the training templates do.
 
 Go's ``text/template`` is the reference implementation of Ollama templates: ``tests/go_render``
-renders them the way Ollama does (its message types, JSON encoder, collation), and the training
-side is rendered by transformers from ``trainers/templates/<family>.jinja``.
+renders them the way Ollama does (its message types, JSON encoder, collation, and the plain-map
+arguments its templates see: ``render`` as Ollama v0.14+, ``render-legacy`` as v0.2.6 to v0.13),
+and the training side is rendered by transformers from ``trainers/templates/<family>.jinja``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 
 import pytest
 
-from ccrl.agent.conversation import ToolCatalog, trace_to_messages
+from ccrl.agent.conversation import ToolCatalog, parse_assistant_text, tool_arguments, trace_to_messages
 from ccrl.trainers import chat_templates
 from ccrl.trainers.ollama_template import (
     FAMILIES,
@@ -36,7 +37,7 @@ def go_binary(tmp_path_factory):
 
 def call(name: str, arguments: dict, call_id: str) -> dict:
     return {"type": "function", "id": call_id,
-            "function": {"name": name, "arguments": ollama_arguments_json(arguments)}}
+            "function": {"name": name, "arguments": tool_arguments(arguments)}}
 
 
 def agent_conversation() -> list[dict]:
@@ -72,8 +73,8 @@ def jinja(family_name: str, messages: list[dict], *, add_generation_prompt: bool
     return rendered[0]
 
 
-def go(binary, family_name: str, messages: list[dict], tools=None) -> str:
-    return go_render(binary, "render", family(family_name).template, ollama_messages(messages), tools)
+def go(binary, family_name: str, messages: list[dict], tools=None, *, mode: str = "render") -> str:
+    return go_render(binary, mode, family(family_name).template, ollama_messages(messages), tools)
 
 
 @pytest.mark.parametrize("family_name", sorted(FAMILIES))
@@ -103,7 +104,7 @@ def test_a_whole_conversation_renders_identically_up_to_the_open_last_turn(go_bi
 @pytest.mark.parametrize("family_name", sorted(FAMILIES))
 def test_conversations_from_the_dataset_builder_render_identically(go_binary, family_name):
     """Messages made by ``conversation.trace_to_messages`` (the dataset's own system prompt,
-    ids and tool names), with arguments written the way Ollama prints them."""
+    ids, tool names and arguments), unchanged."""
     trace = {
         "prompt": "List the Python files and count their lines.",
         "cwd": "/home/dev/project",
@@ -118,9 +119,6 @@ def test_conversations_from_the_dataset_builder_render_identically(go_binary, fa
         ],
     }
     messages = trace_to_messages(trace)
-    for message in messages:
-        for c in message.get("tool_calls") or []:
-            c["function"]["arguments"] = ollama_arguments_json(json.loads(c["function"]["arguments"]))
     assert [m["role"] for m in messages][:3] == ["system", "user", "assistant"]
     for k in range(1, len(messages) + 1):
         if messages[k - 1]["role"] in ("user", "tool"):
@@ -201,3 +199,114 @@ def test_arguments_are_written_as_go_encodes_them():
     assert json.loads(ollama_arguments_json(args)) == args
     with pytest.raises(TypeError):
         ollama_arguments_json(["not", "an", "object"])  # type: ignore[arg-type]
+
+
+# --- earlier tool calls in a multi-turn chat ------------------------------------------------------
+
+# Claude Code's inputs in its own key order (not sorted), with nested objects and lists, non-ASCII
+# text, <, > and &, and numbers (an integer, floats, 0.0 that Go writes as 0).
+EARLIER_INPUTS = [
+    ("Bash", {"command": "grep -n 'x' src/*.py | head -3 && echo <ok> & wait", "timeout": 120000,
+              "description": "Find x — über"}),
+    ("Edit", {"file_path": "/repo/ünï/app.py", "old_string": "if a < b and c > d:",
+              "new_string": "if a <= b & c >= d:", "replace_all": False}),
+    ("TodoWrite", {"todos": [{"content": "Fix <b> & ship 🚀", "status": "in_progress", "activeForm": "Fixing",
+                              "meta": {"z": 1, "a": [2.5, None, True, {"y": "日本語", "x": 1e-7, "w": 0.0}]}}]}),
+    ("mcp__db__query", {"sql": "SELECT * FROM t WHERE a > 1 AND b < 2", "params": {"limit": 10, "offset": 0},
+                        "é": "\u2028"}),
+]
+
+
+def earlier_calls_trace() -> dict:
+    """Three turns: a call, a call after text, two parallel calls without text."""
+    def use(n: int) -> dict:
+        name, tool_input = EARLIER_INPUTS[n - 1]
+        return {"kind": "tool_use", "tool_use_id": f"toolu_{n}", "name": name, "input": tool_input}
+
+    def result(n: int) -> dict:
+        return {"kind": "tool_result", "tool_use_id": f"toolu_{n}", "output": f"result {n} <ok> & done"}
+
+    steps = [{"kind": "text", "text": "Let me look around."}, use(1), result(1),
+             {"kind": "text", "text": "Now the fix <here> & there."}, use(2), result(2),
+             use(3), use(4), result(3), result(4)]
+    steps.append({"kind": "text", "text": "Fixed: a <= b & c >= d."})
+    return {"prompt": "Fix the comparison in app.py & tell me.", "cwd": "/repo", "steps": steps,
+            "response": "Fixed: a <= b & c >= d."}
+
+
+def as_client_sends_them(messages: list[dict]) -> list[dict]:
+    """The Ollama chat request a client sends back: each earlier call's arguments as a JSON object
+    in the client's own key order (Claude Code's, not sorted), not ccrl's canonical string."""
+    originals = iter(tool_input for _name, tool_input in EARLIER_INPUTS)
+    out = ollama_messages(messages)
+    for message in out:
+        for c in message.get("tool_calls") or []:
+            original = next(originals)
+            assert json.loads(tool_arguments(original)) == c["function"]["arguments"]
+            c["function"]["arguments"] = original
+    return out
+
+
+@pytest.mark.parametrize("mode", ["render", "render-legacy"])
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_earlier_tool_calls_render_identically(go_binary, family_name, mode):
+    """The dataset's conversation, and the request a client sends while the conversation goes on:
+    every prompt Ollama builds (earlier calls included, whatever key order the client kept) is
+    the training text, in the Ollama of today (v0.14+) and in older ones (v0.2.6 to v0.13)."""
+    messages = trace_to_messages(earlier_calls_trace())
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "tool",
+                                             "assistant", "tool", "tool", "assistant"]
+    assert len(messages[6]["tool_calls"]) == 2
+    template = family(family_name).template
+    for k in range(1, len(messages) + 1):
+        if messages[k - 1]["role"] in ("user", "tool"):
+            expected = jinja(family_name, messages[:k], add_generation_prompt=True)
+            rendered = go_render(go_binary, mode, template, as_client_sends_them(messages[:k]))
+            assert BOS[family_name] + rendered == expected, f"first {k} messages"
+    full = jinja(family_name, messages, add_generation_prompt=False)
+    rendered = go_render(go_binary, mode, template, as_client_sends_them(messages))
+    assert BOS[family_name] + rendered + CLOSE[family_name] == full
+    # What the model saw in training and sees again from Ollama: canonical arguments.
+    assert ('<tool_call>{"name": "Bash", "arguments": {"command":"grep -n \'x\' src/*.py | head -3 \\u0026\\u0026 '
+            'echo \\u003cok\\u003e \\u0026 wait","description":"Find x — über","timeout":120000}}</tool_call>') in full
+    assert ('{"todos":[{"activeForm":"Fixing","content":"Fix \\u003cb\\u003e \\u0026 ship 🚀",'
+            '"meta":{"a":[2.5,null,true,{"w":0,"x":1e-7,"y":"日本語"}],"z":1},"status":"in_progress"}]}') in full
+    assert '{"params":{"limit":10,"offset":0},"sql":"SELECT * FROM t WHERE a \\u003e 1 AND b \\u003c 2","é":"\\u2028"}' in full
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_a_generated_call_comes_back_as_the_parser_reads_it(go_binary, family_name):
+    """The model writes a call in its own layout; Ollama parses it and renders it canonically in
+    the next request, and ccrl's parser (evaluation, RL) reads it into that same canonical form,
+    so a conversation continued from parsed output is the text Ollama shows the model."""
+    generated = ('Checking.\n<tool_call>{"name": "Grep", "arguments": {"pattern": "a < b", "path": "/répo",'
+                 ' "-n": true, "head_limit": 5.0}}</tool_call>')
+    parsed = parse_assistant_text(generated)
+    assert parsed.errors == [] and parsed.calls[0]["function"]["arguments"] == (
+        '{"-n":true,"head_limit":5,"path":"/répo","pattern":"a \\u003c b"}')
+    messages = [{"role": "user", "content": "Where is a < b?"},
+                {"role": "assistant", "content": parsed.content, "tool_calls": parsed.calls},
+                {"role": "tool", "name": "Grep", "content": "x.py:1"}]
+    client = ollama_messages(messages)
+    # Ollama's own parse of the output keeps the model's key order and values (5.0 stays a float).
+    client[1]["tool_calls"][0]["function"]["arguments"] = {"pattern": "a < b", "path": "/répo", "-n": True,
+                                                           "head_limit": 5.0}
+    for mode in ("render", "render-legacy"):
+        rendered = go_render(go_binary, mode, family(family_name).template, client)
+        assert BOS[family_name] + rendered == jinja(family_name, messages, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_the_gguf_template_renders_earlier_calls_as_training_does(family_name):
+    """The GGUF embeds the training template without TRL's markers; llama-cpp-python's Jinja
+    (``chat_format="chat_template.default"``) renders the same conversation, with the arguments
+    strings an OpenAI-compatible client sends back, to the training text."""
+    llama_chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
+    template = strip_generation_markers(chat_templates.load_template(family_name))
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=FAMILIES[family_name].end_of_turn, bos_token=BOS[family_name])
+    messages = trace_to_messages(earlier_calls_trace())
+    for k in range(1, len(messages) + 1):
+        if messages[k - 1]["role"] in ("user", "tool"):
+            assert (formatter(messages=messages[:k]).prompt
+                    == jinja(family_name, messages[:k], add_generation_prompt=True)), f"first {k} messages"

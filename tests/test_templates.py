@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, trace_to_messages
+from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, tool_arguments, trace_to_messages
 
 from conftest import embedded_tokenizer_dir
 from ccrl.trainers.chat_templates import (
@@ -54,7 +54,7 @@ def tokenizers(tokenizer_dir):
 
 
 def call(i: int, name: str, args: dict) -> dict:
-    return {"type": "function", "id": f"toolu_{i}", "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+    return {"type": "function", "id": f"toolu_{i}", "function": {"name": name, "arguments": tool_arguments(args)}}
 
 
 CONVO = [
@@ -82,11 +82,11 @@ def test_chatml_renders_parallel_calls_exactly(tokenizers):
         "<|im_start|>system\nYou are a coding agent.<|im_end|>\n"
         "<|im_start|>user\nFix the test<|im_end|>\n"
         "<|im_start|>assistant\nLet me look.\n"
-        '<tool_call>{"name": "Read", "arguments": {"file_path": "a.py"}}</tool_call>\n'
-        '<tool_call>{"name": "Grep", "arguments": {"pattern": "x", "path": "é"}}</tool_call><|im_end|>\n'
+        '<tool_call>{"name": "Read", "arguments": {"file_path":"a.py"}}</tool_call>\n'
+        '<tool_call>{"name": "Grep", "arguments": {"path":"é","pattern":"x"}}</tool_call><|im_end|>\n'
         "<|im_start|>tool\nprint(1)<|im_end|>\n"
         "<|im_start|>tool\na.py:1<|im_end|>\n"
-        '<|im_start|>assistant\n<tool_call>{"name": "Edit", "arguments": {"file_path": "a.py"}}</tool_call><|im_end|>\n'
+        '<|im_start|>assistant\n<tool_call>{"name": "Edit", "arguments": {"file_path":"a.py"}}</tool_call><|im_end|>\n'
         "<|im_start|>tool\nok<|im_end|>\n"
         "<|im_start|>assistant\nDone.<|im_end|>\n"
     )
@@ -103,11 +103,11 @@ def test_llama3_renders_parallel_calls_exactly(tokenizers):
         + h("system") + "You are a coding agent.<|eot_id|>"
         + h("user") + "Fix the test<|eot_id|>"
         + h("assistant") + "Let me look.\n"
-        '<tool_call>{"name": "Read", "arguments": {"file_path": "a.py"}}</tool_call>\n'
-        '<tool_call>{"name": "Grep", "arguments": {"pattern": "x", "path": "é"}}</tool_call><|eot_id|>'
+        '<tool_call>{"name": "Read", "arguments": {"file_path":"a.py"}}</tool_call>\n'
+        '<tool_call>{"name": "Grep", "arguments": {"path":"é","pattern":"x"}}</tool_call><|eot_id|>'
         + h("ipython") + "print(1)<|eot_id|>"
         + h("ipython") + "a.py:1<|eot_id|>"
-        + h("assistant") + '<tool_call>{"name": "Edit", "arguments": {"file_path": "a.py"}}</tool_call><|eot_id|>'
+        + h("assistant") + '<tool_call>{"name": "Edit", "arguments": {"file_path":"a.py"}}</tool_call><|eot_id|>'
         + h("ipython") + "ok<|eot_id|>"
         + h("assistant") + "Done.<|eot_id|>"
     )
@@ -153,7 +153,7 @@ texts = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="<>"), max_size=80
 )
 argument_values = st.one_of(texts, st.integers(), st.booleans(), st.none(), st.lists(st.integers(), max_size=3))
-arguments = st.dictionaries(texts, argument_values, max_size=4).map(lambda d: json.dumps(d, ensure_ascii=False))
+arguments = st.dictionaries(texts, argument_values, max_size=4).map(tool_arguments)
 parts = st.one_of(texts.map(lambda t: {"type": "text", "text": t}), st.just({"type": "image", "url": "x"}), texts)
 contents = st.one_of(st.none(), st.just(""), texts, st.lists(parts, max_size=3))
 
@@ -187,7 +187,7 @@ def test_assistant_text_is_conversation_render_assistant_text(tokenizers, family
     assert rendered == render_assistant_text(message)
     # And the reward's parser reads the calls back from what the model is trained to write.
     parsed = parse_assistant_text(rendered)
-    assert [c["function"]["name"] for c in parsed.calls] == [c["function"]["name"] for c in message.get("tool_calls") or []]
+    assert [c["function"] for c in parsed.calls] == [c["function"] for c in message.get("tool_calls") or []]
 
 
 @pytest.mark.parametrize("family", ["chatml", "llama3"])

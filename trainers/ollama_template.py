@@ -20,17 +20,19 @@ what the templates account for:
   Everywhere else they close every turn exactly like the training template.
 - The BOS token is added by Ollama's runner (``tokenizer.ggml.add_bos_token``), so the Llama 3
   template does not write ``<|begin_of_text|>`` itself.
-- A tool call's arguments are printed with Ollama's own JSON encoder (``{{ .Function.Arguments }}``):
-  compact, keys in order, ``<``, ``>`` and ``&`` escaped. Training text matches it byte for byte
-  when the call's ``arguments`` string was written by :func:`ollama_arguments_json`; the dataset
-  builder's ``conversation.tool_arguments`` writes ``json.dumps`` with spaces today, so earlier
-  calls in an Ollama conversation reach the model compact instead.
+- A tool call's arguments reach the template as a plain Go map (``convertMessagesForTemplate`` in
+  Ollama's ``template/template.go`` since v0.14; the map type itself in v0.2.6 to v0.13), so
+  ``{{ .Function.Arguments }}`` prints ``json.Marshal`` of a map: compact, keys sorted at every
+  level whatever order the client sent, ``<``, ``>`` and ``&`` escaped, numbers as float64.
+  ``conversation.tool_arguments`` writes every call's ``arguments`` in exactly that form, so the
+  earlier calls of a multi-turn conversation that a client sends back render to the training
+  text byte for byte, like the current turn.
 - The tool call is the first text inside ``{{ if .ToolCalls }}``: Ollama finds the tool-call tag
   (``<tool_call>``) there to parse the model's calls out of its output.
 - The tool list (``.Tools``) is written one JSON object per line with Ollama's encoder (compact,
-  Ollama's field order); the text around it is the training template's.
+  Ollama's field order, properties sorted); the text around it is the training template's.
 
-Pure module: no heavy imports.
+Pure module: no heavy imports (``ccrl.agent.conversation`` is pure too).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from ccrl.agent.conversation import tool_arguments
 
 # Shared by both families: the tool list block, written the way the training templates write it
 # (header, one JSON object per line, the call syntax), with Ollama's JSON encoder for each tool.
@@ -180,29 +184,12 @@ def strip_generation_markers(chat_template: str) -> str:
     return _GENERATION_TAG.sub("", chat_template)
 
 
-# Go's encoding/json escapes these inside strings (HTML safety), and Ollama prints tool-call
-# arguments with it; they can only occur inside JSON strings, so replacing them globally is safe.
-_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-_GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
-
-
-def _go_escape(text: str) -> str:
-    return _GO_ESCAPE_RE.sub(lambda m: _GO_ESCAPES[m.group(0)], text)
-
-
 def ollama_arguments_json(arguments: dict[str, Any]) -> str:
-    """A tool call's arguments exactly as Ollama prints ``{{ .Function.Arguments }}``.
-
-    Go's ``encoding/json``: compact separators, UTF-8 kept, ``<``, ``>``, ``&``, U+2028 and
-    U+2029 escaped; nested objects with sorted keys (Ollama decodes them into Go maps). The top
-    level keeps its order in current Ollama and is sorted by older versions, so keys are sorted
-    at every level here: the model then writes sorted keys, which both print unchanged.
-    Floats print as Python does (Go writes ``1.0`` as ``1``); Claude Code's tool inputs are
-    strings, integers, booleans, lists and objects.
-    """
+    """A tool call's arguments exactly as Ollama prints ``{{ .Function.Arguments }}``: ccrl's
+    canonical form, :func:`ccrl.agent.conversation.tool_arguments` (see there)."""
     if not isinstance(arguments, dict):
         raise TypeError(f"tool-call arguments must be a JSON object, not {type(arguments).__name__}")
-    return _go_escape(json.dumps(arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+    return tool_arguments(arguments)
 
 
 def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
