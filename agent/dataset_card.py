@@ -235,11 +235,12 @@ def render_card(*, number: int, path: str, content_hash: str, created_at: str, s
         "",
         "Columns: `messages` (the conversation: system, user, assistant with `tool_calls`, tool), `tools` "
         "(JSON string of the tool list), `format` (trajectory or workflow), `trace_id`, `session_id`, "
-        "`parent_id`, `agent_type`, `decisions`. Tool-call `arguments` are JSON strings; absent message keys "
-        "are null. The RL prompt set has `prompt` (system + user), `reference_completion` (the reference "
-        "trace in the workflow format), `reference_signals` (JSON string), `reference_tool_sequence`, `tools`, "
-        "`trace_id`, `session_id`, `parent_id`. Both formats, and how tool calls are written as text, are "
-        "defined in one place: `ccrl.agent.conversation`.",
+        "`parent_id`, `agent_type`, `decisions`. Tool-call `arguments` are JSON strings in the form Ollama "
+        "prints them back (compact, keys sorted at every level, `<` `>` `&` escaped as `\\u003c` …); "
+        "absent message keys are null. The RL prompt set has `prompt` (system + user), `reference_completion` "
+        "(the reference trace in the workflow format), `reference_signals` (JSON string), "
+        "`reference_tool_sequence`, `tools`, `trace_id`, `session_id`, `parent_id`. Both formats, and how "
+        "tool calls are written as text, are defined in one place: `ccrl.agent.conversation`.",
         "",
         "## Settings",
         "",
