@@ -11,6 +11,11 @@ and ends), and the step ends with ``StepStopped``. If the child is still there a
 timeout, the parent kills it; a step that resumes from its checkpoints loses at most the steps
 since the last one. A child whose parent died (``kill -9`` of the agent) notices within a second
 and stops itself the same way, so no orphan keeps training alongside a restarted agent.
+
+Several GPUs (``[train] accelerate_config``): the SFT step, still this one child, starts
+``accelerate launch`` for the training itself (``ccrl.trainers.launch``), so the store sees one
+process per step as before. A stop reaches the ranks through the child; a kill takes the whole
+process tree (torchrun puts each rank in a session of its own, out of reach of a group signal).
 """
 
 from __future__ import annotations
@@ -226,10 +231,9 @@ def reap_orphan(pid: int, timeout: float) -> None:
     while pid_is_step_child(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if pid_is_step_child(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+        from ccrl.trainers.launch import kill_tree
+
+        kill_tree(pid)  # with a launcher and its ranks below it, if any
         while pid_is_step_child(pid):
             time.sleep(0.05)
 
@@ -312,7 +316,9 @@ class ChildRunner:
                 proc.send_signal(signal.SIGTERM)
                 stop_sent_at = time.monotonic()
             elif stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_timeout:
-                proc.kill()
+                from ccrl.trainers.launch import kill_tree
+
+                kill_tree(proc.pid)  # the child, and an accelerate launcher with its ranks
             if self.on_progress is not None:
                 try:
                     mtime = progress.stat().st_mtime

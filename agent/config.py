@@ -74,6 +74,15 @@ class TrainSettings(BaseModel):
         description="Base model for the agent's training: a hub id, a local folder or 'smollm2'; empty = automatic.",
     )
     max_steps: int | None = Field(default=None, ge=1, description="Cap on optimizer steps per agent training run; empty = whole epochs.")
+    accelerate_config: str | None = Field(
+        default=None,
+        description="SFT on several GPUs with `accelerate launch`: ddp, fsdp, zero3 (QLoRA-ready configs shipped "
+                    "with ccrl) or the path of an accelerate config file; empty = one process.",
+    )
+    num_processes: int | None = Field(
+        default=None, ge=1,
+        description="Processes for accelerate_config (one per GPU); empty = every visible GPU.",
+    )
 
 
 class RewardSettings(BaseModel):

@@ -272,6 +272,17 @@ def _update(settings: Settings, run_id: int, **values: Any) -> TrainingRun:
         return run
 
 
+def _launch_plan(settings: Settings) -> Any:
+    """``[train] accelerate_config`` as a launch plan (None: one process), checked before a run
+    is recorded: a name that does not exist, DeepSpeed missing or too few GPUs fail here."""
+    from ccrl.trainers.launch import LaunchError, resolve_launch
+
+    try:
+        return resolve_launch(settings.train.accelerate_config, settings.train.num_processes)
+    except LaunchError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
 def _run_sft(
     settings: Settings,
     *,
@@ -288,8 +299,9 @@ def _run_sft(
     options: dict[str, Any] | None = None,
 ) -> TrainingRun:
     from ccrl.trainers.base_models import BaseModelError
-    from ccrl.trainers.sft import SFTError, SFTStopped, train_sft
+    from ccrl.trainers.sft import SFTError, SFTStopped, train_sft, train_sft_launched
 
+    plan = _launch_plan(settings)
     previous = resumable_run(settings, "sft", cycle)
     if previous is not None and not {"sft", "dataset_path", "model_source"} <= set(previous.config or {}):
         _update(settings, previous.id, status="failed", error="interrupted before training started",
@@ -363,8 +375,12 @@ def _run_sft(
               "dataset_version": version.number, "output_dir": str(output_dir)})
 
     try:
-        result = train_sft(dataset_path, Path(run.output_dir), source, config, emit=emit,
-                           progress_bar=progress_bar, should_stop=should_stop)
+        if plan is not None:  # several processes (GPUs): accelerate launch runs the same trainer per rank
+            result = train_sft_launched(plan, dataset_path, Path(run.output_dir), source, config, emit=emit,
+                                        should_stop=should_stop)
+        else:
+            result = train_sft(dataset_path, Path(run.output_dir), source, config, emit=emit,
+                               progress_bar=progress_bar, should_stop=should_stop)
     except SFTStopped as exc:
         _update(settings, run.id, status="interrupted", error=str(exc))
         from ccrl.agent.child import StepStopped
@@ -446,6 +462,10 @@ def run_training(
 def _run_rl(settings: Settings, **kwargs: Any) -> TrainingRun:
     """The RL phase (GRPO against the behavioural reward): ``ccrl.agent.rl_training``."""
     from ccrl.agent.rl_training import run_rl
+
+    if settings.train.accelerate_config:
+        kwargs["emit"]({"event": "notice", "message": "train.accelerate_config applies to SFT only: "
+                        "the RL phase runs in one process (on the first GPU)."})
 
     return run_rl(settings, **kwargs)
 

@@ -298,39 +298,51 @@ def check_fits_on_gpu(source: str, *, four_bit: bool) -> None:
         )
 
 
-def load_for_training(source: str, *, four_bit: bool, dtype: str = "auto") -> tuple[Any, Any]:
+def load_for_training(source: str, *, four_bit: bool, dtype: str = "auto", strategy: str | None = None,
+                      local_rank: int = 0) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for LoRA/QLoRA training.
 
     4-bit (nf4, double quantization, bf16 compute) only on CUDA: on a CPU, bitsandbytes' 4-bit
     training computes wrong gradients (see docs/ml-stack.md), so callers never ask for it there.
-    Hub failures and out-of-memory become ``BaseModelError`` with what to do.
+    Hub failures and out-of-memory become ``BaseModelError`` with what to do. ``strategy`` is the
+    ``accelerate launch`` strategy this process runs under (``ccrl.trainers.distributed``: None,
+    ``ddp``, ``fsdp``, ``zero3``) and ``local_rank`` its GPU: they decide the device map and the
+    4-bit storage dtype (``distributed.load_settings``).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ccrl.trainers.distributed import load_settings
 
     cuda = torch.cuda.is_available()
     if four_bit and not cuda:
         raise BaseModelError("4-bit (QLoRA) training needs a CUDA GPU; on a CPU use plain LoRA (--quant none)")
     kwargs: dict[str, Any] = {}
+    placement = load_settings(strategy, four_bit=four_bit, compute_dtype=torch.bfloat16,
+                              local_rank=local_rank if strategy else torch.cuda.current_device() if cuda else 0)
     if four_bit:
         from transformers import BitsAndBytesConfig
 
+        storage = {"bnb_4bit_quant_storage": placement.quant_storage} if placement.quant_storage is not None else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            **storage,
         )
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["dtype"] = placement.model_dtype or torch.bfloat16
+        if placement.device_map is not None:
+            kwargs["device_map"] = placement.device_map
     elif cuda:
         kwargs["dtype"] = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        if placement.device_map is not None:
+            kwargs["device_map"] = placement.device_map
     else:
         # Full precision on a CPU: bf16 matmuls are slow there and fp32 keeps gradients exact.
         kwargs["dtype"] = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     try:
-        if cuda and not Path(source).is_dir():
+        if cuda and not Path(source).is_dir() and strategy not in ("fsdp", "zero3"):  # sharded: a part per GPU
             check_fits_on_gpu(source, four_bit=four_bit)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -348,7 +360,7 @@ def load_for_training(source: str, *, four_bit: bool, dtype: str = "auto") -> tu
             "If the hub cannot be reached, check the network (and HF_TOKEN for gated models), "
             "or train the embedded default offline with --base-model smollm2."
         ) from exc
-    if four_bit:
+    if four_bit and placement.prepare_kbit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)

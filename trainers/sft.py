@@ -79,7 +79,9 @@ class _StopOnRequest:
 
         class StopOnRequest(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, D102
-                if outer.should_stop():
+                from ccrl.trainers.distributed import all_ranks_agree
+
+                if all_ranks_agree(outer.should_stop()):
                     control.should_save = True
                     control.should_training_stop = True
                     outer.stopped_at = state.global_step
@@ -226,10 +228,14 @@ def _private_files() -> Iterator[None]:
 
 
 @contextmanager
-def run_dir_lock(output_dir: Path) -> Iterator[None]:
+def run_dir_lock(output_dir: Path, *, hold: bool = True) -> Iterator[None]:
     """Hold the run folder's lock for the whole run. The kernel drops it when the process dies
-    (SIGKILL included), which is how the agent tells a dead run from a running one."""
+    (SIGKILL included), which is how the agent tells a dead run from a running one. In a
+    launched run only rank 0 holds it (``hold=False`` elsewhere): the ranks are one run."""
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not hold:
+        yield
+        return
     handle = open(output_dir / LOCK_FILE, "a")
     try:
         try:
@@ -381,12 +387,14 @@ def build_trainer(
     progress_bar: bool,
     callbacks: list[Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The configured ``SFTTrainer`` and the settings resolved for this machine."""
+    """The configured ``SFTTrainer`` and the settings resolved for this machine (and, under
+    ``accelerate launch``, for this rank)."""
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = load_for_training(model_source, four_bit=four_bit)
-    family = attach_template(tokenizer)
+    from ccrl.trainers.distributed import rank_info
+
+    rank = rank_info()
     max_length = config.max_length or (config.gpu_max_length if cuda else config.cpu_max_length)
     checkpointing = config.gradient_checkpointing
     bf16 = bool(cuda and __import__("torch").cuda.is_bf16_supported())
@@ -422,6 +430,11 @@ def build_trainer(
         dataset_num_proc=config.dataset_num_proc,
         dataloader_num_workers=0,
     )
+    # The model is loaded after SFTConfig exists: under DeepSpeed ZeRO-3 the arguments register
+    # the DeepSpeed config, and only then does from_pretrained partition the weights as it loads.
+    model, tokenizer = load_for_training(model_source, four_bit=four_bit, strategy=rank.strategy,
+                                         local_rank=rank.local_rank)
+    family = attach_template(tokenizer)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -444,6 +457,10 @@ def build_trainer(
         # Structured progress lines replace the Trainer's printed dicts when there is no terminal.
         trainer.remove_callback(PrinterCallback)
     resolved = {
+        # From the Trainer's process group, not the launcher's environment: this is what took part.
+        "world_size": int(trainer.args.world_size),
+        "distributed": rank.strategy,
+        "distributed_type": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1],
         "device": "cuda" if cuda else "cpu",
         "quant": "4bit" if four_bit else "none",
         "max_length": max_length,
@@ -472,7 +489,14 @@ def train_sft(
     lines. ``should_stop`` is polled after every optimizer step: when it returns true the run
     saves a checkpoint and raises ``SFTStopped`` (the next start resumes from there).
     Raises ``SFTError`` / ``BaseModelError`` with a message for every expected problem.
+
+    Under ``accelerate launch`` (``train_sft_launched``) every rank runs this function; rank 0
+    alone writes the run's files (state, loss curve, final adapter, merged model, metrics) and
+    emits events, and the others return their metrics with no artifacts.
     """
+    from ccrl.trainers.distributed import rank_info
+
+    rank = rank_info()
     config = config or SFTRunConfig()
     output_dir = Path(output_dir).resolve()
     dataset_path = Path(dataset_path).resolve()
@@ -481,6 +505,8 @@ def train_sft(
         model_source = str(Path(model_source).resolve())
     emit = emit or json_line_emitter()
     progress_bar = is_terminal() if progress_bar is None else progress_bar
+    if not rank.is_main:
+        emit, progress_bar = (lambda event: None), False  # other ranks stay silent
     cuda = cuda_available()
     _quiet_libraries(progress_bar)
     four_bit, notice = resolve_quant(config.quant, cuda)
@@ -491,8 +517,9 @@ def train_sft(
 
         torch.set_num_threads(config.cpu_threads)
 
-    with _private_files(), run_dir_lock(output_dir):
-        os.chmod(output_dir, 0o700)
+    with _private_files(), run_dir_lock(output_dir, hold=rank.is_main):
+        if rank.is_main:
+            os.chmod(output_dir, 0o700)
         inputs = {"dataset_path": str(dataset_path), "model_source": model_source, "config": config.to_dict()}
         state = _read_state(output_dir)
         if state is not None and {k: state.get(k) for k in inputs} != inputs:
@@ -507,7 +534,7 @@ def train_sft(
         train, evals = _load_splits(dataset_path, config.use_tools_column, config.formats)
         if evals is not None and config.max_eval_examples is not None and len(evals) > config.max_eval_examples:
             evals = evals.select(range(config.max_eval_examples))
-        callbacks: list[Any] = [LossCurveCallback(output_dir)]
+        callbacks: list[Any] = [LossCurveCallback(output_dir)] if rank.is_main else []
         stopper = _StopOnRequest(should_stop) if should_stop is not None else None
         if stopper is not None:
             callbacks.append(stopper.callback())
@@ -542,7 +569,8 @@ def train_sft(
         if evals is not None and "eval_loss_before" not in state:
             # The adapter starts as a no-op (LoRA B = 0), so this is the starting model's loss.
             state["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        _write_json(output_dir / RUN_STATE_FILE, state)
+        if rank.is_main:
+            _write_json(output_dir / RUN_STATE_FILE, state)
 
         if resume_from is not None:
             emit({"event": "notice", "message": f"Resuming from {resume_from.name}."})
@@ -577,17 +605,21 @@ def train_sft(
             e.get("step") == trainer.state.global_step and "eval_loss" in e for e in log_history
         ):
             log_history.append({"step": trainer.state.global_step, "eval_loss": eval_after})
-        artifacts = write_loss_curve(log_history, output_dir, png=True)
+        artifacts = write_loss_curve(log_history, output_dir, png=True) if rank.is_main else {}
 
         adapter_dir = output_dir / FINAL_DIR
         tmp = output_dir / f".{FINAL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if rank.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # Every rank calls save_model: under FSDP/ZeRO-3 the weights are gathered from all of
+        # them; only rank 0 writes the file.
         trainer.save_model(str(tmp))
-        save_template(trainer.processing_class, resolved["template_family"], tmp,
-                      tools_in_training="tools" in train.column_names)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        os.replace(tmp, adapter_dir)
-        artifacts["adapter"] = str(adapter_dir)
+        if rank.is_main:
+            save_template(trainer.processing_class, resolved["template_family"], tmp,
+                          tools_in_training="tools" in train.column_names)
+            shutil.rmtree(adapter_dir, ignore_errors=True)
+            os.replace(tmp, adapter_dir)
+            artifacts["adapter"] = str(adapter_dir)
 
         metrics: dict[str, Any] = {
             **resolved,
@@ -615,6 +647,8 @@ def train_sft(
 
             torch.cuda.empty_cache()
 
+        if not rank.is_main:
+            return SFTResult(output_dir, adapter_dir, None, metrics, {})
         merged_dir = None
         if config.merge:
             from ccrl.trainers.merge import merge_adapter
@@ -637,22 +671,95 @@ __all__ = [
     "resolve_quant",
     "run_dir_is_locked",
     "train_sft",
+    "train_sft_launched",
 ]
+
+
+EXIT_STOPPED = 4
+"""``python -m ccrl.trainers.sft`` run alone: stopped on request (a checkpoint is saved)."""
+
+
+def train_sft_launched(
+    plan: Any,
+    dataset_path: Path | str,
+    output_dir: Path | str,
+    model_source: str,
+    config: SFTRunConfig | None = None,
+    *,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SFTResult:
+    """``train_sft`` over several processes: ``accelerate launch`` (``plan``, a
+    ``ccrl.trainers.launch.LaunchPlan``) runs this module's entry point once per rank.
+
+    Same contract as ``train_sft``: rank 0's events reach ``emit``, ``should_stop`` makes every
+    rank save a checkpoint and end (``SFTStopped``), a failure is an ``SFTError`` with the
+    failing rank's message (or the launcher's last lines)."""
+    from ccrl.trainers.launch import launch_command, run_launched
+
+    config = config or SFTRunConfig()
+    output_dir = Path(output_dir).resolve()
+    dataset_path = Path(dataset_path).resolve()
+    if Path(model_source).is_dir():
+        model_source = str(Path(model_source).resolve())
+    emit = emit or json_line_emitter()
+    emit({"event": "notice", "message": f"Training with {plan.describe()}."})
+    cmd = launch_command(plan, "ccrl.trainers.sft",
+                         [str(dataset_path), str(output_dir), model_source, json.dumps(config.to_dict())])
+    outcome = run_launched(cmd, emit=emit, should_stop=should_stop, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    record = outcome.result or {}
+    if "stopped" in record:
+        raise SFTStopped(str(record["stopped"]))
+    if outcome.returncode == 0 and "metrics" in record:
+        artifacts = {k: str(v) for k, v in record.get("artifacts", {}).items()}
+        merged = Path(artifacts["merged"]) if "merged" in artifacts else None
+        return SFTResult(output_dir, Path(artifacts["adapter"]), merged, record["metrics"], artifacts)
+    if outcome.errors:
+        raise SFTError(outcome.errors[0])
+    last = " | ".join(outcome.tail[-4:]) or "no output"
+    raise SFTError(f"the training processes failed (accelerate launch exited with status {outcome.returncode}); "
+                   f"last lines: {last}")
 
 
 def _main(argv: list[str]) -> int:
     """``python -m ccrl.trainers.sft DATASET OUT MODEL [CONFIG_JSON]``: run in a child process
-    (the agent's way to isolate a run's memory); prints the result as JSON on stdout."""
+    (the agent's way to isolate a run's memory); prints the result as JSON on stdout.
+
+    Under ``accelerate launch`` every rank runs this; only rank 0 prints the result and events.
+    SIGTERM (or the launcher's death) then asks all ranks to stop at the same step and save a
+    checkpoint; they exit 0 with ``{"stopped": ...}``, because torchrun reads a non-zero exit as
+    a crash and tears down the other ranks while they are still saving."""
     if len(argv) not in (3, 4):
         sys.stderr.write("usage: python -m ccrl.trainers.sft DATASET OUTPUT_DIR MODEL [CONFIG_JSON]\n")
         return 2
+    from ccrl.trainers.distributed import finish, rank_info
+
     config = SFTRunConfig.from_dict(json.loads(argv[3])) if len(argv) == 4 else SFTRunConfig()
+    rank = rank_info()
+    should_stop = None
+    if rank.launched:
+        import signal
+        import threading
+
+        from ccrl.trainers.launch import watch_launcher
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        watch_launcher(stop.set)
+        should_stop = stop.is_set
     try:
-        result = train_sft(argv[0], argv[1], argv[2], config)
+        result = train_sft(argv[0], argv[1], argv[2], config, should_stop=should_stop)
+    except SFTStopped as exc:
+        if rank.is_main:
+            sys.stdout.write(json.dumps({"stopped": str(exc)}) + "\n")
+        return 0 if rank.launched else EXIT_STOPPED
     except (SFTError, BaseModelError) as exc:
-        sys.stderr.write(json.dumps({"event": "error", "message": str(exc)}) + "\n")
+        sys.stderr.write(json.dumps({"event": "error", "message": str(exc), "rank": rank.rank}) + "\n")
         return 1
-    sys.stdout.write(json.dumps({"metrics": result.metrics, "artifacts": result.artifacts}, default=str) + "\n")
+    finally:
+        finish()
+    if rank.is_main:
+        sys.stdout.write(json.dumps({"metrics": result.metrics, "artifacts": result.artifacts}, default=str) + "\n")
     return 0
 
 
