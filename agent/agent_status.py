@@ -100,7 +100,7 @@ def agent_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("agent now", report["status_line"]))
     th = report["threshold"]
     dataset = report.get("latest_dataset")
-    usable = f"{th['new']} new since the last cycle"
+    usable = f"{th['new']}{'+' if th.get('new_at_least') else ''} new since the last cycle"  # counted up to the threshold
     if dataset:
         usable = f"{dataset['usable_traces']} in dataset v{dataset['number']}; " + usable
     rows.append(("usable traces", usable))

@@ -5,8 +5,13 @@ A cycle is: dataset built → SFT → RL (every ``ppo_frequency``-th cycle) → 
 
 - **When**: the first cycle starts once ``min_traces_for_sft`` usable traces exist; each later
   one once ``traces_per_training_cycle`` new usable traces arrived since the last cycle's
-  dataset (its ``trace_watermark``: the highest trace id it covered). A backlog (say 500
-  imported traces) starts one cycle on all of it, and no trace counts towards two cycles.
+  dataset. A cycle marks the traces its dataset covers with its number
+  (``Trace.covered_by_cycle``, when it starts and again when its dataset step starts); "new"
+  means not marked. Not an id watermark: on a store several agents write at once, a trace can
+  commit after one with a higher id (an UPDATE marks only what has committed, so a late one
+  stays unmarked and counts next time), SQLite reuses the ids of purged newest rows, and a turn
+  still open when a cycle starts is left unmarked and counts once it completes. A backlog (say
+  500 imported traces) starts one cycle on all of it, and no trace counts towards two cycles.
 - **Plan**: fixed when the cycle starts (which steps run, which are skipped and why), so a
   config change or a restart mid-cycle never changes what this cycle does.
 - **Resume**: every transition is committed before and after a step runs. After a crash,
@@ -32,8 +37,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlalchemy import func, or_, update
+from sqlmodel import Session, col, select
 
 from ccrl.agent.child import ChildRunner, StepOutcome, reap_orphan
 from ccrl.agent.config import AgentSettings, Settings
@@ -105,39 +110,67 @@ def _usable_filter() -> Any:
     return usable
 
 
-def count_usable(session: Session, above_id: int = 0, settings: Settings | None = None) -> tuple[int, str]:
-    """Traces with an id above ``above_id`` that the dataset builder's per-trace filters keep
-    (multi-step, enough reasoning, complete, …), and a phrase saying what was counted.
+def _candidates(settings: Settings | None) -> list[Any]:
+    """SQL conditions every trace the per-trace filters keep meets (so the store, not Python,
+    skips open and subagent traces); the filters themselves still decide."""
+    from ccrl.agent.config import get_settings
+
+    cfg = (settings or get_settings()).dataset
+    where: list[Any] = []
+    if cfg.drop_incomplete:
+        where.append(Trace.status == "complete")
+    if not cfg.include_subagents:
+        where.append(col(Trace.parent_id).is_(None))
+        where.append(or_(col(Trace.agent_id).is_(None), Trace.agent_id == ""))
+    return where
+
+
+def count_usable(session: Session, settings: Settings | None = None, *, uncovered: bool = False,
+                 enough: int | None = None) -> tuple[int, str]:
+    """Traces that the dataset builder's per-trace filters keep (multi-step, enough reasoning,
+    complete, …), only those no cycle covered yet with ``uncovered``, and a phrase saying what
+    was counted. With ``enough`` the count stops there: a threshold only needs to know that it
+    is reached, and a store of 100,000 traces must not be read whole to say so.
 
     The duplicate-prompt and length filters need the whole set or the rendered conversation and
     are left to the build. Without the dataset builder, completed traces are counted, and the
     phrase says so.
     """
+    where = [col(Trace.covered_by_cycle).is_(None)] if uncovered else []
     usable = _usable_filter()
     if usable is None:
-        count = session.exec(
-            select(func.count()).select_from(Trace).where(Trace.id > above_id, Trace.status == "complete")
-        ).one()
+        count = session.exec(select(func.count()).select_from(Trace).where(Trace.status == "complete", *where)).one()
         return int(count), "completed traces (the dataset filters are not available yet)"
-    from sqlmodel import col
-
     from ccrl.agent.config import get_settings
     from ccrl.agent.models import ToolCall
     from ccrl.agent.records import trace_json
 
     cfg = (settings or get_settings()).dataset
-    count, last = 0, above_id
-    while True:
-        page = list(session.exec(select(Trace).where(col(Trace.id) > last).order_by(col(Trace.id)).limit(500)))
+    where += _candidates(settings)
+    count, last = 0, 0
+    while enough is None or count < enough:
+        page = list(session.exec(select(Trace).where(col(Trace.id) > last, *where).order_by(col(Trace.id)).limit(500)))
         if not page:
             break
         ids = [t.id for t in page]
         calls: dict[int, list[ToolCall]] = {i: [] for i in ids}  # type: ignore[misc]
         for call in session.exec(select(ToolCall).where(col(ToolCall.trace_id).in_(ids))):
             calls[call.trace_id].append(call)
-        count += sum(1 for t in page if usable(trace_json(t, calls[t.id]), cfg))  # type: ignore[index]
+        for trace in page:
+            count += usable(trace_json(trace, calls[trace.id]), cfg)  # type: ignore[index]
+            if enough is not None and count >= enough:
+                break
         last = ids[-1]  # type: ignore[assignment]
     return count, "usable traces (after the dataset filters)"
+
+
+def mark_covered(session: Session, number: int) -> int:
+    """Mark every trace stored (committed) by now and no longer open as covered by cycle
+    ``number``, unless an earlier cycle covered it; returns the highest trace id (the cycle's
+    ``trace_watermark``, for reports). Open turns stay unmarked: they count once complete."""
+    session.exec(update(Trace).where(col(Trace.covered_by_cycle).is_(None), Trace.status != "open")  # type: ignore[call-overload]
+                 .values(covered_by_cycle=number).execution_options(synchronize_session=False))
+    return max_trace_id(session)
 
 
 @dataclass
@@ -150,6 +183,7 @@ class Threshold:
     since_watermark: int
     basis: str
     first: bool
+    at_least: bool = False  # the count stopped at ``required``: there may be more
 
     @property
     def remaining(self) -> int:
@@ -158,7 +192,8 @@ class Threshold:
 
     def as_dict(self) -> dict[str, Any]:
         return {"due": self.due, "new": self.new, "required": self.required, "remaining": self.remaining,
-                "since_trace_id": self.since_watermark, "basis": self.basis, "first_cycle": self.first}
+                "since_trace_id": self.since_watermark, "basis": self.basis, "first_cycle": self.first,
+                "new_at_least": self.at_least}
 
 
 def last_finished(session: Session) -> Cycle | None:
@@ -176,15 +211,16 @@ def open_cycle(session: Session) -> Cycle | None:
 
 
 def threshold(session: Session, agent: AgentSettings, settings: Settings | None = None) -> Threshold:
-    """Whether a new cycle is due: usable traces above the latest cycle's watermark, against
-    ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``. While a cycle is
-    open this says how far the one after it is (a new cycle starts only when none is open)."""
+    """Whether a new cycle is due: usable traces no cycle covered yet, against
+    ``min_traces_for_sft`` (no cycle yet) or ``traces_per_training_cycle``, counted up to that
+    number only (``at_least`` then). While a cycle is open this says how far the one after it
+    is (a new cycle starts only when none is open)."""
     last = session.exec(select(Cycle).order_by(Cycle.number.desc())).first()  # type: ignore[attr-defined]
     base = (last.trace_watermark or 0) if last else 0
     required = agent.traces_per_training_cycle if last else agent.min_traces_for_sft
-    new, basis = count_usable(session, above_id=base, settings=settings)
+    new, basis = count_usable(session, settings, uncovered=True, enough=max(1, required))
     return Threshold(due=new >= required, new=new, required=required, since_watermark=base, basis=basis,
-                     first=last is None)
+                     first=last is None, at_least=new >= max(1, required))
 
 
 def max_trace_id(session: Session) -> int:
@@ -404,14 +440,16 @@ class CycleEngine:
 
     def _start(self, session: Session, th: Threshold, trigger: str) -> Cycle:
         number = int(session.exec(select(func.max(Cycle.number))).one() or 0) + 1
+        # The threshold stopped counting once it was reached: the cycle records the whole count.
+        new = count_usable(session, self.settings, uncovered=True)[0] if th.at_least else th.new
         cycle = Cycle(
             number=number,
             status="running",
             trigger=trigger,
             steps=plan_steps(number, self.agent),
-            usable_traces=th.new if th.first else count_usable(session, settings=self.settings)[0],
-            new_traces=th.new,
-            trace_watermark=max_trace_id(session),
+            usable_traces=new if th.first else count_usable(session, self.settings)[0],
+            new_traces=new,
+            trace_watermark=mark_covered(session, number),
             config={
                 "agent": self.agent.model_dump(),
                 "train": self.settings.train.model_dump(),
@@ -421,7 +459,7 @@ class CycleEngine:
         cycle.step = next_step(cycle)
         session.add(cycle)
         session.flush()
-        log.info("cycle started", cycle=number, trigger=trigger, new_traces=th.new, required=th.required,
+        log.info("cycle started", cycle=number, trigger=trigger, new_traces=new, required=th.required,
                  plan={k: v["status"] for k, v in cycle.steps.items()})
         return cycle
 
@@ -450,8 +488,9 @@ class CycleEngine:
                     log.info("step skipped", cycle=cycle.number, phase=step, reason=reason)
                     continue
                 if step == "dataset":
-                    # The dataset covers every trace stored by now; later ones count for the next cycle.
-                    cycle.trace_watermark = max_trace_id(session)
+                    # The dataset covers every trace stored by now (marked before the child
+                    # reads them: this commits first); later ones count for the next cycle.
+                    cycle.trace_watermark = mark_covered(session, cycle.number)
                 _set_step(cycle, step, status="running", started_at=utcnow().isoformat(), error=None)
                 cycle.step, cycle.status, cycle.updated_at = step, "running", utcnow()
                 number = cycle.number

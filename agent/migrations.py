@@ -301,6 +301,23 @@ def m007_postgres_column_types(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE model_versions ALTER COLUMN size_bytes TYPE BIGINT"))
 
 
+@migration
+def m008_trace_cycle_coverage(conn: Connection) -> None:
+    """``traces.covered_by_cycle``: the cycle whose dataset first covered the trace (NULL: none
+    yet, so the next cycle's threshold counts it). Ids are no arrival order on a store several
+    agents write at once (a trace may commit after one with a higher id), and SQLite reuses the
+    ids of purged newest rows, so a cycle no longer counts traces above an id watermark. The
+    traces the latest cycle's watermark covered, except those still open (their turn completes
+    later and counts then), are marked as covered by that cycle."""
+    conn.execute(text("ALTER TABLE traces ADD COLUMN covered_by_cycle INTEGER"))
+    conn.execute(text("CREATE INDEX ix_traces_covered_by_cycle ON traces (covered_by_cycle)"))
+    last = conn.execute(text("SELECT number, trace_watermark FROM cycles WHERE trace_watermark IS NOT NULL "
+                             "ORDER BY number DESC LIMIT 1")).first()
+    if last is not None:
+        conn.execute(text("UPDATE traces SET covered_by_cycle = :number WHERE id <= :watermark AND status <> 'open'"),
+                     {"number": last[0], "watermark": last[1]})
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

@@ -74,6 +74,9 @@ class Trace(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     user_name: str | None = Field(default=None, index=True, description="The member whose machine captured it")
     hostname: str | None = Field(default=None, description="The machine that captured it")
+    covered_by_cycle: int | None = Field(
+        default=None, index=True,
+        description="The cycle whose dataset first covered it; None: the next cycle's threshold counts it")
 
 
 class ToolCall(SQLModel, table=True):
@@ -193,8 +196,9 @@ class Cycle(SQLModel, table=True):
     ``steps`` holds each step's state in order (dataset, sft, rl, export, evaluate, deploy):
     ``{"status": pending|running|done|skipped|failed|unavailable, "attempts": n, "reason": …,
     "error": …, "result": {…}, "started_at": …, "finished_at": …}``. The plan (which steps run,
-    which are skipped and why) is fixed when the cycle starts. ``trace_watermark`` is the highest
-    trace id the cycle's dataset covered: the next cycle counts new traces above it.
+    which are skipped and why) is fixed when the cycle starts. The traces its dataset covers are
+    marked with its number (``Trace.covered_by_cycle``); the next cycle counts those not marked.
+    ``trace_watermark`` is the highest trace id stored when they were marked (for reports).
     """
 
     __tablename__ = "cycles"

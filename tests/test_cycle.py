@@ -17,7 +17,7 @@ from ccrl.agent.cycle import (
     backoff_seconds,
     describe,
     finish,
-    max_trace_id,
+    mark_covered,
     next_step,
     plan_steps,
     precondition,
@@ -73,7 +73,7 @@ def test_first_cycle_at_min_traces_then_every_n_new(ccrl_home):
     with session_scope(settings) as db:
         assert threshold(db, agent).due
         # The first cycle covered every trace stored when its dataset was built.
-        watermark = max_trace_id(db)
+        watermark = mark_covered(db, 1)
         db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=watermark))
     with session_scope(settings) as db:
         th = threshold(db, agent)
@@ -90,7 +90,7 @@ def test_a_failed_cycle_waits_for_new_data(ccrl_home):
     settings = Settings()
     add_usable_traces(settings, 60)
     with session_scope(settings) as db:
-        db.add(Cycle(number=1, status="failed", outcome="failed", steps={}, trace_watermark=max_trace_id(db)))
+        db.add(Cycle(number=1, status="failed", outcome="failed", steps={}, trace_watermark=mark_covered(db, 1)))
     with session_scope(settings) as db:
         th = threshold(db, settings.agent)
         assert (th.due, th.new, th.required) == (False, 0, 50)
@@ -116,7 +116,7 @@ def test_no_new_traces_no_cycle_even_when_forced(ccrl_home):
     settings = Settings()
     add_usable_traces(settings, 10)
     with session_scope(settings) as db:
-        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=max_trace_id(db)))
+        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=mark_covered(db, 1)))
     assert CycleEngine(settings).ensure_cycle(force=True) is None
     assert CycleEngine(settings).tick(force=True) is None
 
@@ -277,7 +277,7 @@ def test_status_tells_the_agents_story(ccrl_home):
     assert info["status_line"] == "idle: 30/50 usable traces for the next cycle"
     with session_scope(settings) as db:
         cycle = new_cycle(1)
-        cycle.trace_watermark = max_trace_id(db)
+        cycle.trace_watermark = mark_covered(db, 1)
         apply_outcome(cycle, "dataset", StepOutcome("failed", error="disk full"), settings.agent)
         db.add(cycle)
     add_usable_traces(settings, 5)
@@ -292,3 +292,57 @@ def test_status_tells_the_agents_story(ccrl_home):
         assert text in table.stdout, text
     human = runner.invoke(app, ["agent", "status"])
     assert human.exit_code == 0 and "not running" in human.stdout and "disk full" in human.stdout
+
+
+def test_a_turn_open_when_a_cycle_starts_counts_once_it_completes(ccrl_home):
+    """Not an id watermark: a trace with a lower id than the last cycle's watermark that was
+    still open then (its turn ran on) counts towards the next cycle when it completes."""
+    from ccrl.agent.models import Trace
+
+    settings = Settings()
+    ids = add_usable_traces(settings, 50)
+    with session_scope(settings) as db:
+        running = db.get(Trace, ids[10])
+        running.status = "open"  # Claude is still working on this turn
+        db.add(running)
+    with session_scope(settings) as db:
+        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=mark_covered(db, 1)))
+    with session_scope(settings) as db:
+        assert threshold(db, settings.agent).new == 0
+        done = db.get(Trace, ids[10])
+        done.status = "complete"  # the turn's Stop arrives after the cycle
+        db.add(done)
+    with session_scope(settings) as db:
+        th = threshold(db, settings.agent)
+        assert (th.new, th.since_watermark) == (1, max(ids))  # below the watermark, counted all the same
+
+
+def test_ids_reused_after_a_purge_still_count(ccrl_home):
+    """SQLite hands out the purged newest rows' ids again: new traces with those ids are new."""
+    from sqlalchemy import delete
+
+    from ccrl.agent.models import ToolCall, Trace
+
+    settings = Settings()
+    ids = add_usable_traces(settings, 60)
+    with session_scope(settings) as db:
+        db.add(Cycle(number=1, status="completed", outcome="candidate", steps={}, trace_watermark=mark_covered(db, 1)))
+    with session_scope(settings) as db:  # `ccrl purge` of the newest session's turns
+        db.exec(delete(ToolCall).where(ToolCall.trace_id.in_(ids[-10:])))
+        db.exec(delete(Trace).where(Trace.id.in_(ids[-10:])))
+    again = add_usable_traces(settings, 50)
+    assert min(again) <= max(ids)  # the ids came back
+    with session_scope(settings) as db:
+        assert threshold(db, settings.agent).new == 50
+
+
+def test_the_threshold_stops_counting_once_reached_and_the_cycle_counts_all(ccrl_home):
+    settings = Settings()
+    add_usable_traces(settings, 120)
+    with session_scope(settings) as db:
+        th = threshold(db, settings.agent)
+    assert (th.new, th.due, th.as_dict()["new_at_least"]) == (50, True, True)
+    cycle_id = CycleEngine(settings).ensure_cycle()
+    with session_scope(settings) as db:
+        cycle = db.get(Cycle, cycle_id)
+        assert (cycle.new_traces, cycle.usable_traces) == (120, 120)

@@ -47,3 +47,25 @@ def test_upgrade_keeps_existing_rows(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id FROM sessions")).scalar_one() == "s1"
         assert applied(conn) == [name for name, _ in MIGRATIONS]
+
+
+def test_traces_the_last_cycle_covered_stay_covered(tmp_path):
+    """m008: a store that counted new traces above the last cycle's id watermark marks the traces
+    that watermark covered (not the open ones: they count once complete), so the upgrade starts
+    no cycle on traces already trained on."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(engine, upto="m007_postgres_column_types")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO sessions (id, created_at, updated_at) VALUES ('s1', '2026-01-01', '2026-01-01')"))
+        for i, status in enumerate(["complete", "open", "complete", "complete", "complete"], start=1):
+            conn.execute(text("INSERT INTO traces (id, session_id, key, seq, prompt, response, reasoning, steps, signals, "
+                              "status, source, created_at, updated_at) VALUES (:i, 's1', :k, 0, '', '', '[]', '[]', "
+                              "'{}', :s, 'hook', '2026-01-01', '2026-01-01')"), {"i": i, "k": f"k{i}", "s": status})
+        for number, watermark in ((1, 2), (2, 3)):
+            conn.execute(text("INSERT INTO cycles (number, status, trigger, steps, usable_traces, new_traces, "
+                              "trace_watermark, config, created_at, updated_at) VALUES (:n, 'completed', 'threshold', "
+                              "'{}', 0, 0, :w, '{}', '2026-01-01', '2026-01-01')"), {"n": number, "w": watermark})
+    migrate(engine)
+    with engine.connect() as conn:
+        covered = dict(conn.execute(text("SELECT id, covered_by_cycle FROM traces ORDER BY id")).all())
+    assert covered == {1: 2, 2: None, 3: 2, 4: None, 5: None}

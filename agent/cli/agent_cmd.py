@@ -132,7 +132,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                       "or `ccrl agent run`)")
     console.print(f"Now: {report['status_line']}", highlight=False)
     th = report["threshold"]
-    console.print(f"Next cycle: {th['new']}/{th['required']} {th['basis']}"
+    console.print(f"Next cycle: {th['new']}{'+' if th.get('new_at_least') else ''}/{th['required']} {th['basis']}"
                   + (" — due" if th["due"] else f" ({th['remaining']} to go)"), highlight=False)
     if report["current_cycle"]:
         _print_cycle(console, report["current_cycle"])
