@@ -318,6 +318,14 @@ def m008_trace_cycle_coverage(conn: Connection) -> None:
                      {"number": last[0], "watermark": last[1]})
 
 
+@migration
+def m009_tool_call_error_index(conn: Connection) -> None:
+    """An index on ``tool_calls.is_error``: ``ccrl status`` counts the failed tool calls, and
+    without it that COUNT reads every tool call, outputs included (SQLite follows each long
+    output's overflow pages to reach the column stored after it)."""
+    conn.execute(text("CREATE INDEX ix_tool_calls_is_error ON tool_calls (is_error)"))
+
+
 def _migrations_table(md: MetaData) -> Table:
     return Table(
         MIGRATIONS_TABLE, md,

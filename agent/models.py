@@ -91,7 +91,7 @@ class ToolCall(SQLModel, table=True):
     name: str = ""
     input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     output: str | None = Field(default=None, sa_type=Text, description="Redacted, possibly truncated result")
-    is_error: bool = False
+    is_error: bool = Field(default=False, index=True)
     is_interrupt: bool = False
     duration_ms: int | None = None
     started_at: datetime | None = None
