@@ -429,6 +429,10 @@ def build_trainer(
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=config.dataset_num_proc,
         dataloader_num_workers=0,
+        # DDP: every LoRA weight takes part in every forward pass (adapters on every projection),
+        # so DDP need not walk the autograd graph looking for unused ones each step (transformers
+        # turns that on by default, and torch warns that it costs time).
+        **({"ddp_find_unused_parameters": False} if rank.strategy == "ddp" else {}),
     )
     # The model is loaded after SFTConfig exists: under DeepSpeed ZeRO-3 the arguments register
     # the DeepSpeed config, and only then does from_pretrained partition the weights as it loads.
