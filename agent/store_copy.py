@@ -227,6 +227,7 @@ class _Copier:
                     parent = parents[(row["session_id"], row["key"])]
                     value = {k: v for k, v in row.items() if k != "id"}  # the target numbers its own rows
                     value["parent_id"] = parent_ids.get(parent) if parent else None
+                    value["covered_by_cycle"] = None  # the source's cycles are not the target's: new there
                     values.append(_stamped(value, self.stamp))
                 inserted = _insert_new(dst, TRACES, values, ["session_id", "key"],
                                        returning=(TRACES.c.id, TRACES.c.session_id, TRACES.c.key))

@@ -44,6 +44,7 @@ def _local_history(tmp_path) -> None:
         # rows stored before origins were recorded
         conn.execute(text("UPDATE traces SET user_name = NULL, hostname = NULL WHERE id % 2 = 0"))
         conn.execute(text("UPDATE hook_events SET user_name = NULL, hostname = NULL"))
+        conn.execute(text("UPDATE traces SET covered_by_cycle = 3"))  # trained on here: new to the shared store
 
 
 def _snapshot(url: str) -> dict:
@@ -95,6 +96,8 @@ def test_copy_twice_copies_everything_once(ccrl_home, pg_url, tmp_path, monkeypa
         event_origins = set(conn.execute(text("SELECT user_name, hostname FROM hook_events")).all())
     assert trace_origins == {("alice", "alice-laptop"), real}
     assert event_origins == {("alice", "alice-laptop")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM traces WHERE covered_by_cycle IS NOT NULL")).scalar() == 0
 
     # Twice = once: every row is recognised, nothing is doubled.
     again = runner.invoke(app, ["store", "copy", "--to", pg_url, "--json"])
