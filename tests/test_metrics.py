@@ -79,6 +79,23 @@ def test_actions_from_messages_and_model_text():
     assert m.action_from_label((m.ANSWER,)).is_answer
 
 
+def test_a_call_cut_off_by_the_token_budget_counts_by_its_name_only():
+    reference = m.Action((m.Call("Read", {"file_path": "/r/a.py"}),))
+    # The budget ran out inside the arguments: the model had decided on Read.
+    cut = m.action_from_text('Reading it.\n<tool_call>{"name": "Read", "arguments": {"file_path": "/r/a')
+    assert cut.calls == (m.Call("Read", None),)
+    score = m.score_decision(cut, reference)
+    assert score.decision and score.tool_name and not score.arguments and score.next_action
+    # A complete call before the cut one keeps its arguments; both count.
+    both = m.action_from_text('<tool_call>{"name": "Grep", "arguments": {"pattern": "x"}}</tool_call>\n'
+                              '<tool_call>{"name": "Read", "arg')
+    assert both.calls == (m.Call("Grep", {"pattern": "x"}), m.Call("Read", None))
+    # Cut before the name was complete: no call can be read, so the turn counts as an answer.
+    assert m.action_from_text('Reading it.\n<tool_call>{"name": "Re').is_answer
+    # A closed call with broken JSON is not a cut-off call: the model finished writing it.
+    assert m.action_from_text('<tool_call>{"name": "Read", "arguments": {"file_path": </tool_call>').is_answer
+
+
 def test_path_normalisation_and_working_directory():
     assert m.working_directory("Intro.\n\nWorking directory: /home/u/proj\n\nTools: Read") == "/home/u/proj"
     assert m.working_directory("no directory here") is None

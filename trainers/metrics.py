@@ -18,6 +18,9 @@ answer. Each decision is scored on:
   Arguments are reported but not part of the primary metric: the learn-nothing baselines cannot
   produce arguments, and the primary metric must be comparable with them.
 
+A call cut off by the evaluation's token budget (the text ends inside its ``<tool_call>``)
+counts by its name when the name is complete; its arguments never match.
+
 Each is a rate with a Wilson score interval (:func:`wilson_interval`). Decisions within one
 trace are not independent, so the intervals are optimistic when few traces are held out.
 
@@ -48,7 +51,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccrl.agent.conversation import estimate_tokens, parse_assistant_text, render_assistant_text
+from ccrl.agent.conversation import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, estimate_tokens, parse_assistant_text,
+                                     render_assistant_text)
 
 ANSWER = "<answer>"
 """The action label of a turn without calls (stop and answer)."""
@@ -238,10 +242,30 @@ def action_from_message(message: dict[str, Any]) -> Action:
     return Action(_calls_of(message.get("tool_calls")))
 
 
+_CUT_OFF_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*"(?P<name>[^"\\]+)"')
+
+
+def _cut_off_call(text: str, parsed_calls: int) -> Call | None:
+    """The call a generation was cut off in, when its name is complete: the text's last
+    ``<tool_call>`` has no closing tag and was not read as a call. Evaluation generates with a
+    token budget; a turn stopped by that budget mid-arguments has still decided *which* tool to
+    call, so the name counts (next action, tool name) and the arguments never match."""
+    start = text.rfind(TOOL_CALL_OPEN)
+    if start < 0 or TOOL_CALL_CLOSE in text[start:] or text.count(TOOL_CALL_OPEN) <= parsed_calls:
+        return None
+    match = _CUT_OFF_NAME.match(text, start + len(TOOL_CALL_OPEN))
+    return Call(match.group("name"), None) if match else None
+
+
 def action_from_text(text: str) -> Action:
-    """The action of a model's generated turn, read with the conversation format's parser."""
+    """The action of a model's generated turn, read with the conversation format's parser; a
+    last call cut off by the token budget counts by its name (see :func:`_cut_off_call`)."""
     parsed = parse_assistant_text(text)
-    return Action(_calls_of(parsed.calls), tuple(parsed.errors))
+    calls = _calls_of(parsed.calls)
+    cut_off = _cut_off_call(text, len(parsed.calls)) if isinstance(text, str) else None
+    if cut_off is not None:
+        calls += (cut_off,)
+    return Action(calls, tuple(parsed.errors))
 
 
 def action_from_label(label: Label) -> Action:
