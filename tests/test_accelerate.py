@@ -306,3 +306,23 @@ def test_a_stop_reaches_every_rank_which_checkpoint_at_the_same_step(ccrl_home, 
     # Both ranks saved their RNG state at that step: they stopped together.
     assert {p.name for p in checkpoints[-1].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     assert _in_this_home(_pids_running("ccrl.trainers.sft"), ccrl_home) == []
+
+
+def test_ccrl_train_reports_a_bad_launch_and_rl_says_it_runs_in_one_process(ccrl_home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ccrl.agent.cli import app
+    from ccrl.agent.config import Settings
+    from ccrl.agent.training import TrainingError, run_training
+
+    monkeypatch.setenv("CCRL_TRAIN__ACCELERATE_CONFIG", str(ccrl_home / "missing.yaml"))
+    result = CliRunner().invoke(app, ["train", "--phase", "sft"])
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert result.exit_code == 1 and "is a file that does not exist: use ddp, fsdp, zero3" in message
+    assert "Traceback" not in result.output
+
+    monkeypatch.setenv("CCRL_TRAIN__ACCELERATE_CONFIG", "ddp")
+    events: list[dict] = []
+    with pytest.raises(TrainingError):  # no dataset yet; the notice comes first
+        run_training("rl", settings=Settings(), emit=events.append)
+    assert any("applies to SFT only" in e.get("message", "") for e in events)
