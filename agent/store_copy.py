@@ -102,14 +102,16 @@ def _open(settings: Settings, url: str, role: str) -> Engine:
     """The engine of ``url`` (created and migrated as for the configured store); a store that
     cannot be reached or opened raises :class:`StoreCopyError` naming it without its password."""
     from ccrl.agent.db import get_engine
+    from ccrl.agent.forward import unreachable
     from ccrl.agent.status import scrub_password
 
     try:
         return get_engine(settings.model_copy(update={"database_url": url}))
-    except Exception as exc:  # noqa: BLE001 - unreachable server, missing driver, bad URL: all said the same way
+    except Exception as exc:  # noqa: BLE001 - unreachable server, missing driver, bad URL: each said plainly
         orig = getattr(exc, "orig", None) or exc
         detail = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
-        raise StoreCopyError(scrub_password(f"cannot reach the {role} store {_masked(url)}: {detail}", url)) from None
+        verb = "reach" if unreachable(exc) else "open"
+        raise StoreCopyError(scrub_password(f"cannot {verb} the {role} store {_masked(url)}: {detail}", url)) from None
 
 
 def _insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str],
