@@ -144,7 +144,6 @@ def main() -> None:
         for _ in range(args.runs):
             for name, (argv, env) in variants.items():
                 times[name].append(timed(argv, env))
-        _use_home(full)
         check = json.loads(subprocess.run(variants[f"{args.traces} traces"][0], env=environment(full),
                                           capture_output=True, text=True).stdout)
     summary = {name: {"median_s": round(statistics.median(t), 3), "max_s": round(max(t), 3)} for name, t in times.items()}
