@@ -13,11 +13,13 @@ plain TRL script on the same model, data and settings, measured in the same run.
   Both save one checkpoint, at the last step.
 
 Each side runs in a fresh child process (so peak memory is its own), alternating, ``--repeats``
-times. Printed: train tokens, wall and CPU seconds of the training loop (``trainer.train``),
+times. ``--cpu-bf16 on|off|auto`` sets the CPU precision of *both* sides (``auto``: bf16 mixed
+precision where the CPU multiplies bf16 in hardware, as ccrl does by default); run it once with
+``off`` and once with ``on`` to measure what bf16 gains on a CPU. Printed: train tokens, wall and CPU seconds of the training loop (``trainer.train``),
 tokens per wall second and per CPU second (CPU time is what to compare on a busy machine), peak
 resident memory (and peak CUDA memory on a GPU), and the ratio pipeline / plain of each.
 
-    .venv/bin/python benchmarks/sft_throughput.py [--steps 4] [--max-length 512] [--repeats 1] [--json]
+    .venv/bin/python benchmarks/sft_throughput.py [--steps 4] [--max-length 512] [--repeats 1] [--cpu-bf16 auto] [--json]
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def _peak(cuda: bool) -> dict[str, int]:
 
         out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
+
+
+def _bf16(args: argparse.Namespace, cuda: bool) -> bool:
+    from ccrl.trainers.base_models import mixed_precision_bf16
+
+    return mixed_precision_bf16(cuda, {"on": True, "off": False}.get(args.cpu_bf16))
 
 
 def child_plain(args: argparse.Namespace) -> dict:
@@ -75,7 +83,7 @@ def child_plain(args: argparse.Namespace) -> dict:
     train = load_from_disk(args.dataset)["train"].select_columns(["messages"])
     config = SFTConfig(
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-        learning_rate=2e-4, max_length=args.max_length, assistant_only_loss=True, bf16=cuda, use_cpu=not cuda,
+        learning_rate=2e-4, max_length=args.max_length, assistant_only_loss=True, bf16=_bf16(args, cuda), use_cpu=not cuda,
         gradient_checkpointing=True, logging_steps=1, save_strategy="steps", save_steps=args.steps,
         report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding", seed=42,
     )
@@ -99,16 +107,18 @@ def child_pipeline(args: argparse.Namespace) -> dict:
 
     cuda = torch.cuda.is_available()
     config = SFTRunConfig(max_steps=args.steps, max_length=args.max_length, gradient_accumulation_steps=1,
-                          save_steps=args.steps, merge=False, eval_each_epoch=False)
+                          save_steps=args.steps, merge=False, eval_each_epoch=False,
+                          cpu_bf16={"on": True, "off": False}.get(args.cpu_bf16))
     result = train_sft(args.dataset, args.out, args.model, config, progress_bar=False, emit=lambda event: None)
     m = result.metrics
     return {"tokens": m["train_tokens"], "train_wall_s": m["train_runtime_s"], "train_cpu_s": m["train_cpu_s"],
-            "steps": m["global_step"], **_peak(cuda)}
+            "steps": m["global_step"], "bf16": m.get("bf16"), **_peak(cuda)}
 
 
 def _run_child(mode: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--dataset", args.dataset, "--model", args.model,
-           "--family", args.family, "--steps", str(args.steps), "--max-length", str(args.max_length), "--out", str(out)]
+           "--family", args.family, "--steps", str(args.steps), "--max-length", str(args.max_length), "--out", str(out),
+           "--cpu-bf16", args.cpu_bf16]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{done.stderr[-4000:]}")
@@ -134,6 +144,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (batch 2, no accumulation)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cpu-bf16", choices=["auto", "on", "off"], default="auto",
+                        help="CPU precision of both sides (auto: bf16 where the CPU has it in hardware)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -182,13 +194,14 @@ def main() -> None:
 
     report = {"model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu",
               "steps": args.steps, "max_length": args.max_length, "repeats": args.repeats,
+              "bf16": runs["pipeline"][0].get("bf16"),
               "plain": plain, "pipeline": pipeline, "ratio_pipeline_over_plain": ratios,
               "same_tokens": plain["tokens"] == pipeline["tokens"]}
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"SFT on {report['device']}: {args.model}, {args.steps} steps x batch 2, max_length {args.max_length}, "
-          f"{args.repeats} repeat(s)")
+          f"{args.repeats} repeat(s), bf16 {report['bf16']}")
     print(f"{'':10} {'tokens':>8} {'wall s':>8} {'CPU s':>8} {'tok/s':>8} {'tok/CPU s':>10} {'peak RSS':>10}")
     for name, s in (("plain TRL", plain), ("pipeline", pipeline)):
         print(f"{name:10} {s['tokens']:>8} {s['train_wall_s']:>8.1f} {s['train_cpu_s']:>8.1f} {s['tokens_per_s']:>8.1f} "

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ccrl.agent.conversation import render_assistant_text
-from ccrl.trainers.base_models import build_tiny_llama
+from ccrl.trainers.base_models import build_tiny_llama, cpu_has_fast_bf16, mixed_precision_bf16
 from ccrl.trainers.chat_templates import load_template, read_template_info
 from ccrl.trainers.sft import (
     CPU_NOTICE,
@@ -120,6 +120,27 @@ def test_quantization_choice_per_machine():
         resolve_quant("8bit", cuda=False)
 
 
+def test_cpu_precision_is_bf16_only_where_the_cpu_has_it_unless_told():
+    assert mixed_precision_bf16(cuda=False, cpu_bf16=None) == cpu_has_fast_bf16()
+    assert mixed_precision_bf16(cuda=False, cpu_bf16=True) is True
+    assert mixed_precision_bf16(cuda=False, cpu_bf16=False) is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU precision setting")
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_both_cpu_precisions_train_and_are_recorded(dataset, tiny_model, tmp_path, cpu_bf16):
+    result = train_sft(dataset, tmp_path / "run", str(tiny_model), small(max_steps=2, cpu_bf16=cpu_bf16, max_length=256),
+                       emit=lambda event: None, progress_bar=False)
+    m = result.metrics
+    assert m["bf16"] is cpu_bf16 and m["global_step"] == 2
+    # The adapter is trained and saved in full precision either way (bf16 is autocast only).
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "run" / "final" / "adapter_model.safetensors"))
+    assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    assert m["eval_loss_after"] < m["eval_loss_before"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_explicit_4bit_without_cuda_fails_before_touching_anything(tmp_path, dataset, tiny_model):
     with pytest.raises(SFTError, match="needs a CUDA GPU"):
@@ -209,6 +230,7 @@ def test_sft_run_writes_adapter_merged_model_template_and_curve(dataset, tiny_mo
         (4, 4, "cuda" if cuda else "cpu", "4bit" if cuda else "none", 384)
     assert m["train_examples"] == 8 and m["eval_examples"] == 2
     assert m["train_tokens"] > 0 and m["tokens_per_second"] > 0 and m["peak_memory_bytes"] > 0
+    assert m["bf16"] is mixed_precision_bf16(cuda, None)  # bf16 autocast where the hardware has it
     assert m["eval_loss_before"] > 0 and m["eval_loss_after"] > 0
     assert ({"event": "notice", "message": CPU_NOTICE} in events) is not cuda
     progress = [e for e in events if e["event"] == "train.progress" and "loss" in e]

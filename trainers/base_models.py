@@ -61,6 +61,31 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles plus AVX-512 BF16,
+    Sapphire Rapids and later). There, bf16 autocast trains SmolLM2 with LoRA about twice as fast
+    as fp32 (``benchmarks/sft_throughput.py --cpu-bf16 off`` / ``on``); elsewhere torch emulates
+    bf16 and it is slower."""
+    import torch
+
+    probe = getattr(torch, "cpu", None)
+    try:
+        return bool(probe._is_amx_tile_supported() and probe._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older torch without the probes: assume not
+        return False
+
+
+def mixed_precision_bf16(cuda: bool, cpu_bf16: bool | None) -> bool:
+    """Whether a run trains in bf16 mixed precision: on CUDA when the GPU supports it; on a CPU
+    when ``cpu_bf16`` says so, or (``None``) when the CPU has hardware bf16. The weights and the
+    LoRA adapter stay fp32 either way; only the matmuls run in bf16 (autocast)."""
+    import torch
+
+    if cuda:
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_fast_bf16() if cpu_bf16 is None else bool(cpu_bf16)
+
+
 def choose_base_model(requested: str | None, base_dir: Path, *, cuda: bool | None = None) -> BaseModelChoice:
     """Pick the base model: an explicit request, else the production default on CUDA, else SmolLM2.
 

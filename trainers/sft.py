@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ccrl.trainers.base_models import BaseModelError, cuda_available, load_for_training
+from ccrl.trainers.base_models import BaseModelError, cuda_available, load_for_training, mixed_precision_bf16
 from ccrl.trainers.chat_templates import attach_template, save_template
 from ccrl.trainers.progress import (
     LossCurveCallback,
@@ -171,6 +171,9 @@ class SFTRunConfig:
     merge_dtype: str = "auto"
     """Precision of the merged model: ``auto`` (fp32 on a CPU, the base's float type on a GPU),
     ``float32`` or ``bfloat16``; never 4-bit."""
+    cpu_bf16: bool | None = None
+    """bf16 mixed precision (autocast) on a CPU; ``None``: on when the CPU multiplies bf16 in
+    hardware (AMX), where it trains about twice as fast as fp32. Weights and adapter stay fp32."""
     cpu_threads: int | None = None
     """torch threads on a CPU; ``None`` leaves torch's default."""
     dataset_num_proc: int | None = None
@@ -397,7 +400,7 @@ def build_trainer(
     rank = rank_info()
     max_length = config.max_length or (config.gpu_max_length if cuda else config.cpu_max_length)
     checkpointing = config.gradient_checkpointing
-    bf16 = bool(cuda and __import__("torch").cuda.is_bf16_supported())
+    bf16 = mixed_precision_bf16(cuda, config.cpu_bf16)
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=config.num_train_epochs,
