@@ -458,6 +458,8 @@ def build_trainer(
         peft_config=lora,
         callbacks=callbacks or [],
     )
+    if rank.strategy == "fsdp":
+        _wrap_lora_separately(trainer)
     if not progress_bar:
         from transformers.trainer_callback import PrinterCallback
 
@@ -476,6 +478,19 @@ def build_trainer(
         "template_family": family.name,
     }
     return trainer, resolved
+
+
+def _wrap_lora_separately(trainer: Any) -> None:
+    """FSDP with ``use_orig_params: false`` flattens each wrapped unit's parameters into one
+    tensor, which must be all trainable or all frozen. Wrapping only the decoder layers would mix
+    the frozen (4-bit) weights with their LoRA adapters ("Must flatten tensors with uniform
+    requires_grad", measured on an H100), so every module with trainable weights gets a unit of
+    its own: PEFT's wrap policy, which transformers 4.x installed itself and 5.x no longer does."""
+    from peft.utils.other import fsdp_auto_wrap_policy
+
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if plugin is not None:
+        plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
 
 
 def train_sft(
