@@ -28,7 +28,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,9 @@ class Subject:
     model_version_id: int | None = None
     training_run_id: int | None = None
     tools_in_training: bool | None = None
+    plans_only: bool = False
+    """Score only the held-out plans: the RL candidate's SFT parent is compared on the
+    behavioural reward of its plans alone, so its decisions would cost time and decide nothing."""
 
 
 @dataclass
@@ -338,7 +341,8 @@ def plan_evaluation(settings: Settings, *, model_version_id: int | None = None,
             parent = session.get(TrainingRun, run.parent_run_id) if run.parent_run_id else None
             parent_weights = run_weights(parent) if parent is not None else None
             if parent_weights is not None:
-                subjects.append(Subject(RL_PARENT, str(parent_weights), None, parent.id, _tools_in_training(parent_weights)))
+                subjects.append(Subject(RL_PARENT, str(parent_weights), None, parent.id, _tools_in_training(parent_weights),
+                                        plans_only=True))
             else:
                 notes.append(f"the SFT parent of RL run {run.id} has no weights to compare the reward with")
         for obj in (dataset, run, version):
@@ -449,8 +453,9 @@ def evaluate_candidate(
     results: dict[str, Any] = {b.name: b for b in evaluate_baselines(data, config)}
     errors: dict[str, str] = {}
     for subject in plan.subjects:
+        subject_data = replace(data, decisions=[]) if subject.plans_only else data
         try:
-            results[subject.name] = evaluate_model(subject.path, data, config, name=subject.name, reward_fn=reward,
+            results[subject.name] = evaluate_model(subject.path, subject_data, config, name=subject.name, reward_fn=reward,
                                                    tools_in_training=subject.tools_in_training, progress=progress)
         except (EvaluationError, OSError, ValueError) as exc:
             errors[subject.name] = str(exc)

@@ -262,6 +262,10 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
         assert steps["export"]["summary"]["quant"] and Path(steps["export"]["summary"]["gguf"]).is_file()
         gate = result["gate"]
         assert set(gate["subjects"]) >= {"most_frequent", "bigram", "base", "rl-parent", "candidate", "candidate-gguf"}
+        # The SFT parent is compared on its plans' reward only: none of its decisions were generated.
+        parent = gate["subjects"]["rl-parent"]["metrics"]
+        assert parent["next_action"]["n"] == 0 and parent["reward"]["n"] == gate["subjects"]["candidate"]["metrics"]["reward"]["n"] > 0
+        assert gate["subjects"]["candidate"]["metrics"]["next_action"]["n"] > 0
         assert gate["passed"] is False and result["deploy"]["registered"] is False
         assert not [r for r in ollama.requests if r[0] == "POST"]  # nothing was sent to Ollama
 
