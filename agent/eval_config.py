@@ -29,6 +29,10 @@ class EvalSettings(BaseModel):
         default=True,
         description="Also evaluate the exported GGUF through llama-cpp-python (the gate then judges the GGUF, which is what Ollama serves).",
     )
+    evaluate_hf_candidate: bool = Field(
+        default=True,
+        description="When the GGUF is judged, also evaluate the candidate's Hugging Face weights (shows what quantisation costs; one more model's evaluation).",
+    )
     gate_min_gain: float = Field(
         default=0.0, ge=0.0, le=1.0,
         description="The candidate's next-action agreement must exceed the base model's and each baseline's by more than this.",

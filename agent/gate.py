@@ -318,6 +318,10 @@ def plan_evaluation(settings: Settings, *, model_version_id: int | None = None,
             elif prefer_gguf:
                 subjects.append(Subject(CANDIDATE_GGUF, version.gguf_path, model_version_id, run.id,
                                         _tools_in_training(weights) if weights else None))
+                if not settings.eval.evaluate_hf_candidate:
+                    subjects = [s for s in subjects if s.name != CANDIDATE]
+                    notes.append("the candidate's Hugging Face weights were not evaluated ([eval] evaluate_hf_candidate "
+                                 "is off): the GGUF is judged, and what quantisation costs is not measured")
             else:
                 notes.append("the GGUF was not evaluated (llama-cpp-python is not installed, or [eval] evaluate_gguf is off)")
         if not subjects:

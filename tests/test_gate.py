@@ -293,3 +293,20 @@ def test_ccrl_eval_shows_the_table_and_plots(store, models, ccrl_home, monkeypat
         assert text in human.stdout
     missing = runner.invoke(app, ["eval", "--version", "9"])
     assert missing.exit_code == 1 and "no model version 9" in missing.output
+
+
+def test_hf_candidate_can_be_left_out_when_the_gguf_is_judged(store, models, tmp_path, monkeypatch):
+    from ccrl.agent.config import get_settings, reset_settings_cache
+
+    gguf = tmp_path / "candidate.gguf"
+    gguf.write_bytes(b"GGUF")  # planning only checks that the file exists; nothing is loaded
+    version_id = store(models["trained"], 1, stored={"gguf_path": str(gguf)})
+    monkeypatch.setenv("CCRL_EVAL__EVALUATE_GGUF", "true")
+    reset_settings_cache()
+    both = gate.plan_evaluation(get_settings(), model_version_id=version_id)
+    assert [s.name for s in both.subjects] == ["candidate", "candidate-gguf", "base"]
+    monkeypatch.setenv("CCRL_EVAL__EVALUATE_HF_CANDIDATE", "false")
+    reset_settings_cache()
+    gguf_only = gate.plan_evaluation(get_settings(), model_version_id=version_id)
+    assert [s.name for s in gguf_only.subjects] == ["candidate-gguf", "base"]
+    assert any("evaluate_hf_candidate is off" in note for note in gguf_only.notes)
