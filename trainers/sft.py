@@ -588,7 +588,12 @@ def train_sft(
             emit({"event": "notice", "message": f"{len(train) - kept_train} of {len(train)} training examples dropped: "
                   f"their prompt fills max_length={resolved['max_length']}."})
 
-        if evals is not None and "eval_loss_before" not in state:
+        if evals is not None and "eval_loss_before" not in state and rank.strategy in ("fsdp", "zero3"):
+            # Evaluating first would shard the model without its optimizer: the Trainer then takes
+            # it as already wrapped and never creates one (transformers 5.17, on an H100).
+            emit({"event": "notice", "message": f"The starting model's eval loss is not measured under {rank.strategy} "
+                  "(an evaluation before training would shard the model without its optimizer)."})
+        elif evals is not None and "eval_loss_before" not in state:
             # The adapter starts as a no-op (LoRA B = 0), so this is the starting model's loss.
             state["eval_loss_before"] = trainer.evaluate()["eval_loss"]
         if rank.is_main:
