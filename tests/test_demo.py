@@ -168,7 +168,11 @@ def test_profiles_name_real_trainer_settings_and_state_the_full_budgets():
     assert rows["evaluation decisions"]["demo"] == PROFILES["demo"].eval["max_decisions"]
     assert rows["RL prompts"]["full"] == TrainSettings().num_episodes
     assert rows["SFT sequence length"]["full"] == SFTRunConfig().cpu_max_length
-    assert (rows["SFT eval examples"]["full"], rows["SFT eval examples"]["demo"]) == ("all", "at most 24")
+    assert (rows["SFT eval examples"]["full"], rows["SFT eval examples"]["demo"]) == \
+        ("all", f"at most {PROFILES['demo'].sft['max_eval_examples']}")
+    assert (rows["SFT data"]["full"], rows["SFT data"]["demo"]) == ("trajectory + workflow", "trajectory")
+    assert (rows["candidate evaluated as"]["full"], rows["candidate evaluated as"]["demo"]) == ("GGUF and HF weights", "GGUF")
+    assert rows["RL held-out prompts"]["demo"] == "none (the gate's plans)"
     assert rows["base model"]["demo"] == "SmolLM2-135M-Instruct (embedded)"
 
 
