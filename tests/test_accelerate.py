@@ -200,7 +200,6 @@ def test_kill_tree_reaches_processes_in_sessions_of_their_own(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    pytest.importorskip("trl", reason="the [train] extra is part of the test environment")
     from ccrl.trainers.base_models import build_tiny_llama
 
     from conftest import embedded_tokenizer_dir

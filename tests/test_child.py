@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-pytest.importorskip("datasets", reason="the dataset step needs the [train] extra")
+import datasets  # noqa: E402,F401  (the dataset step needs the [train] extra, part of the test environment)
 
 from ccrl.agent.child import ChildRunner  # noqa: E402
 from ccrl.agent.config import Settings  # noqa: E402

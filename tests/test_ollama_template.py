@@ -301,7 +301,7 @@ def test_the_gguf_template_renders_earlier_calls_as_training_does(family_name):
     """The GGUF embeds the training template without TRL's markers; llama-cpp-python's Jinja
     (``chat_format="chat_template.default"``) renders the same conversation, with the arguments
     strings an OpenAI-compatible client sends back, to the training text."""
-    llama_chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
+    from llama_cpp import llama_chat_format  # the [gguf] extra is part of the test environment
     template = strip_generation_markers(chat_templates.load_template(family_name))
     formatter = llama_chat_format.Jinja2ChatFormatter(
         template=template, eos_token=FAMILIES[family_name].end_of_turn, bos_token=BOS[family_name])
