@@ -35,22 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from agent_helpers import _prompt, _steps  # noqa: E402  (the trace shape the agent's tests use)
+from build_dataset import _use_home  # noqa: E402  (this folder is on sys.path when run as a script)
 
 CCRL = Path(sys.executable).parent / "ccrl"
 TRACES_PER_SESSION = 5
 TEMPLATES = 50
-
-
-def _use_home(home: Path) -> None:
-    os.environ["CCRL_HOME"] = str(home)
-    os.environ["XDG_CONFIG_HOME"] = str(home.parent / "xdg-config")
-    for name in ("CCRL_DATABASE_URL", "CCRL_CONFIG", "CCRL_DISABLE"):
-        os.environ.pop(name, None)
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import dispose_engines
-
-    reset_settings_cache()
-    dispose_engines()
 
 
 def fill_store(home: Path, n_traces: int) -> None:

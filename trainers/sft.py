@@ -493,6 +493,14 @@ def _wrap_lora_separately(trainer: Any) -> None:
         plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
 
 
+def _absolute_inputs(dataset_path: Path | str, output_dir: Path | str, model_source: str) -> tuple[Path, Path, str]:
+    """The run's inputs as absolute paths (a hub id stays as it is): the adapter records its base
+    by ``model_source``, and launched ranks start from another working directory."""
+    if Path(model_source).is_dir():
+        model_source = str(Path(model_source).resolve())
+    return Path(dataset_path).resolve(), Path(output_dir).resolve(), model_source
+
+
 def train_sft(
     dataset_path: Path | str,
     output_dir: Path | str,
@@ -520,11 +528,7 @@ def train_sft(
 
     rank = rank_info()
     config = config or SFTRunConfig()
-    output_dir = Path(output_dir).resolve()
-    dataset_path = Path(dataset_path).resolve()
-    if Path(model_source).is_dir():
-        # The adapter records its base by this string: make it a path that works from anywhere.
-        model_source = str(Path(model_source).resolve())
+    dataset_path, output_dir, model_source = _absolute_inputs(dataset_path, output_dir, model_source)
     emit = emit or json_line_emitter()
     progress_bar = is_terminal() if progress_bar is None else progress_bar
     if not rank.is_main:
@@ -725,10 +729,7 @@ def train_sft_launched(
     from ccrl.trainers.launch import launch_command, run_launched
 
     config = config or SFTRunConfig()
-    output_dir = Path(output_dir).resolve()
-    dataset_path = Path(dataset_path).resolve()
-    if Path(model_source).is_dir():
-        model_source = str(Path(model_source).resolve())
+    dataset_path, output_dir, model_source = _absolute_inputs(dataset_path, output_dir, model_source)
     emit = emit or json_line_emitter()
     emit({"event": "notice", "message": f"Training with {plan.describe()}."})
     cmd = launch_command(plan, "ccrl.trainers.sft",
