@@ -9,15 +9,19 @@ on PATH) and the data/config locations in effect, if they are not the defaults.
 Hardening: a user unit cannot use the options that need a mount or user namespace
 (``ProtectSystem=``, ``PrivateTmp=``…): in user units they imply ``PrivateUsers=``, which hides
 the groups that grant access to ``/dev/nvidia*`` and ``/dev/kfd``, and training needs the GPU.
-It uses what works unprivileged: no new privileges, seccomp-based restrictions, a private
-umask, and a low CPU/IO priority so training never starves the desktop.
+It uses what works unprivileged: no new privileges, seccomp-based restrictions (a system-call
+allow list, no namespaces), a private keyring, a cap on tasks, optional memory limits, a private
+umask, and a low CPU/IO priority so training never starves the desktop. A database URL (it may
+hold a password) goes into a 0600 ``EnvironmentFile=``, never into the unit's text.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -29,6 +33,15 @@ WATCHDOG_SEC = 120
 STOP_TIMEOUT_SEC = 120
 DEFAULT_ROLE = "all"
 DEFAULT_EXEC = f"%h/.local/bin/ccrl agent run --role {DEFAULT_ROLE}"
+# A bound on processes and threads (torch starts one thread per core, data loaders a process per
+# worker, accelerate a process per GPU): far above what training needs, far below a fork bomb.
+TASKS_MAX = 4096
+ENV_FILE_NAME = "agent.env"
+# Variables that may carry a secret: kept out of the unit, in its EnvironmentFile.
+SECRET_VARIABLES = ("CCRL_DATABASE_URL",)
+# systemd's memory sizes: bytes with an optional K/M/G/T suffix (base 1024), a percentage of
+# physical memory, or "infinity".
+_MEMORY_SIZE = re.compile(r"^(\d+(\.\d+)?[KMGT]?|\d+(\.\d+)?%|infinity)$")
 
 
 def _exec_word(arg: str) -> str:
@@ -43,6 +56,28 @@ def _environment_line(name: str, value: str) -> str:
     """``Environment="NAME=value"`` (specifiers escaped; ``$`` is literal in Environment=)."""
     assignment = f"{name}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
     return f'Environment="{assignment}"\n'
+
+
+def check_memory(value: str | None, option: str) -> str | None:
+    """``value`` when systemd takes it as a memory size (``12G``, ``80%``, ``infinity``), else
+    ``ValueError`` saying what is accepted."""
+    if value is None:
+        return None
+    if not _MEMORY_SIZE.match(value):
+        raise ValueError(f"{option} {value!r}: use bytes with an optional K, M, G or T suffix (12G), "
+                         "a percentage of the machine's memory (75%), or infinity")
+    return value
+
+
+def _env_file_value(value: str) -> str:
+    """A value for an EnvironmentFile line: double-quoted, with the characters systemd's parser
+    unescapes there (``"``, ``\\``, `````, ``$``) escaped, so any password survives."""
+    return '"' + re.sub(r'(["\\`$])', r"\\\1", value) + '"'
+
+
+def render_env_file(environment: Mapping[str, str]) -> str:
+    """The EnvironmentFile's text: one ``NAME="value"`` line per variable."""
+    return "".join(f"{name}={_env_file_value(value)}\n" for name, value in sorted(environment.items()))
 
 
 def check_role(role: str) -> str:
@@ -78,12 +113,23 @@ def installed_role(text: str) -> str | None:
     return None
 
 
-def render_unit(exec_start: Sequence[str] | None = None, environment: Mapping[str, str] | None = None) -> str:
+def render_unit(exec_start: Sequence[str] | None = None, environment: Mapping[str, str] | None = None, *,
+                environment_file: Path | None = None, memory_high: str | None = None,
+                memory_max: str | None = None) -> str:
     """The unit file's text. ``exec_start`` is the argv to run (default: ``%h/.local/bin/ccrl
     agent run --role all``, where a ``pip install --user`` or pipx puts it); ``environment``
-    adds variables."""
+    adds variables (never secrets: those go in ``environment_file``, read by the manager);
+    ``memory_high``/``memory_max`` set the cgroup's memory throttle and hard limit."""
     command = " ".join(_exec_word(a) for a in exec_start) if exec_start else DEFAULT_EXEC
     env_lines = "".join(_environment_line(k, v) for k, v in sorted((environment or {}).items()))
+    if environment_file is not None:
+        env_lines += f"EnvironmentFile={str(environment_file).replace('%', '%%')}\n"
+    memory = ""
+    if memory_high or memory_max:
+        memory = ("# Memory: reclaimed hard above MemoryHigh; above MemoryMax the OOM killer stops the largest\n"
+                  "# process (the training child: its step fails, OOMPolicy=continue keeps the agent).\n"
+                  + (f"MemoryHigh={memory_high}\n" if memory_high else "")
+                  + (f"MemoryMax={memory_max}\n" if memory_max else ""))
     return f"""\
 # ccrl agent: captures Claude Code traces and trains a local model at thresholds.
 # `ccrl service install` writes this file with the absolute path of your installation's ccrl
@@ -115,18 +161,37 @@ IOSchedulingClass=best-effort
 IOSchedulingPriority=7
 CPUWeight=20
 IOWeight=20
-# Hardening that user units allow without a user namespace (which would hide the GPU).
+TasksMax={TASKS_MAX}
+{memory}# Hardening that user units allow without a user namespace (which would hide the GPU).
 NoNewPrivileges=yes
 LockPersonality=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+KeyringMode=private
 SystemCallArchitectures=native
+# The system calls of ordinary services; anything else fails with EPERM instead of killing training.
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 UMask=0077
 
 [Install]
 WantedBy=default.target
 """
+
+
+def journal_args(uid: int | None = None) -> list[str]:
+    """The journalctl arguments that select the agent's entries. A normal user reads their own
+    journal (``--user -u``, journalctl(1)); journald keeps root's entries (and those of system
+    users) in the system journal, where ``--user-unit`` (``_SYSTEMD_USER_UNIT=``) finds them."""
+    uid = os.getuid() if uid is None else uid
+    return ["--user-unit", "ccrl-agent"] if uid == 0 else ["--user", "-u", "ccrl-agent"]
+
+
+def journal_command(uid: int | None = None) -> str:
+    """``journalctl`` with ``journal_args``, to show a user."""
+    return " ".join(["journalctl", *journal_args(uid)])
 
 
 def unit_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -216,19 +281,58 @@ The unit file is written at {path}, but it is not enabled. What to do:
     (or log in on a session), then `ccrl service install` again."""
 
 
-def write_unit(text: str, directory: Path) -> tuple[Path, bool]:
-    """Write the unit atomically; returns (path, changed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / UNIT_NAME
-    if path.is_file() and path.read_text() == text:
-        return path, False
-    tmp = path.with_name(f".{UNIT_NAME}.tmp")
-    # Private: the unit may carry a database URL with a password (the user manager reads it as you).
+def env_file_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The unit's EnvironmentFile: ``$XDG_CONFIG_HOME/ccrl/agent.env`` (``~/.config/ccrl/agent.env``)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "ccrl" / ENV_FILE_NAME
+
+
+@dataclass
+class ServiceFiles:
+    """What ``ccrl service install`` writes: the unit, and the EnvironmentFile when a variable
+    may hold a secret (None otherwise)."""
+
+    unit: str
+    env_file: str | None
+
+
+def service_files(exec_start: Sequence[str], environment: Mapping[str, str], *, memory_high: str | None = None,
+                  memory_max: str | None = None) -> ServiceFiles:
+    """The unit for ``exec_start`` with ``environment``: secrets (``SECRET_VARIABLES``) in the
+    EnvironmentFile, the rest in ``Environment=`` lines."""
+    secret = {k: v for k, v in environment.items() if k in SECRET_VARIABLES}
+    plain = {k: v for k, v in environment.items() if k not in SECRET_VARIABLES}
+    unit = render_unit(exec_start, plain, environment_file=env_file_path() if secret else None,
+                       memory_high=memory_high, memory_max=memory_max)
+    return ServiceFiles(unit, render_env_file(secret) if secret else None)
+
+
+def installed_memory(text: str) -> tuple[str | None, str | None]:
+    """The MemoryHigh and MemoryMax an installed unit sets (None where it sets none)."""
+    values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith(("MemoryHigh=", "MemoryMax=")))
+    return values.get("MemoryHigh"), values.get("MemoryMax")
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Write ``path`` atomically with mode 0600 (the user manager reads it as you); False when it
+    already held ``text``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.read_text() == text and stat.S_IMODE(path.stat().st_mode) == 0o600:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o600)  # an old temp file may have had another mode
     os.replace(tmp, path)
-    return path, True
+    return True
+
+
+def write_unit(text: str, directory: Path) -> tuple[Path, bool]:
+    """Write the unit atomically, private; returns (path, changed)."""
+    path = directory / UNIT_NAME
+    return path, write_private(path, text)
 
 
 def lingering(user: str | None = None) -> bool | None:
@@ -255,16 +359,23 @@ def unit_status() -> dict[str, object]:
     installed = path.is_file()
     text = path.read_text() if installed else ""
     role = installed_role(text) if installed else None
+    high, limit = installed_memory(text)
     try:
-        # Up to date: what `ccrl service install --role <the installed role>` would write now.
-        expected = render_unit(agent_argv(ccrl_executable(), role or DEFAULT_ROLE), service_environment())
+        # Up to date: what `ccrl service install` with the installed role and limits would write now.
+        expected = service_files(agent_argv(ccrl_executable(), role or DEFAULT_ROLE), service_environment(),
+                                 memory_high=high, memory_max=limit)
     except (FileNotFoundError, ValueError):
         expected = None
+    env_path = env_file_path()
+    env_text = env_path.read_text() if env_path.is_file() else None
     report: dict[str, object] = {
         "unit": str(path),
         "installed": installed,
         "role": role,
-        "up_to_date": installed and expected is not None and text == expected,
+        "memory_high": high,
+        "memory_max": limit,
+        "up_to_date": installed and expected is not None and text == expected.unit
+        and (expected.env_file is None or env_text == expected.env_file),
     }
     systemctl = Systemctl()
     reason = systemctl.unavailable_reason()

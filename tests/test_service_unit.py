@@ -179,3 +179,50 @@ def test_installed_role_reads_old_and_quoted_units(tmp_path):
     odd = render_unit(agent_argv(tmp_path / "my tools" / "100%" / "ccrl", "trainer"))
     assert installed_role(odd) == "trainer"
     assert installed_role("[Service]\nExecStart=/usr/bin/true\n") is None
+
+
+def test_the_database_url_goes_to_a_private_environment_file_not_the_unit(ccrl_home, tmp_path, monkeypatch):
+    url = 'postgresql+psycopg://ccrl:pa"ss$w\\rd`1@db.example.org:5432/ccrl'
+    monkeypatch.setenv("CCRL_DATABASE_URL", url)
+    result = runner.invoke(app, ["service", "install", "--no-start", "--json"])
+    report = json.loads(result.stdout)
+    unit = tmp_path / "xdg-config" / "systemd" / "user" / UNIT_NAME
+    env_file = tmp_path / "xdg-config" / "ccrl" / "agent.env"
+    text = unit.read_text()
+    assert "pa\"ss" not in text and "db.example.org" not in text and "pa\"ss" not in result.stdout
+    assert _directives(text)["EnvironmentFile"] == [str(env_file)]
+    assert report["environment_file"] == str(env_file)
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    assert env_file.read_text() == 'CCRL_DATABASE_URL="postgresql+psycopg://ccrl:pa\\"ss\\$w\\\\rd\\`1@db.example.org:5432/ccrl"\n'
+    done = _verify(unit, tmp_path, tmp_path / "runtime")
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+    assert json.loads(runner.invoke(app, ["service", "status", "--json"]).stdout)["up_to_date"]
+    # Without the variable, a reinstall drops the file and the unit no longer names it.
+    monkeypatch.delenv("CCRL_DATABASE_URL")
+    again = json.loads(runner.invoke(app, ["service", "install", "--no-start", "--json"]).stdout)
+    assert again["changed"] and again["environment_file"] is None and not env_file.exists()
+    assert "EnvironmentFile" not in unit.read_text()
+
+
+def test_memory_limits_are_options_and_bad_sizes_are_refused(ccrl_home, tmp_path):
+    result = runner.invoke(app, ["service", "install", "--no-start", "--json", "--memory-high", "6G",
+                                 "--memory-max", "80%"])
+    unit = tmp_path / "xdg-config" / "systemd" / "user" / UNIT_NAME
+    d = _directives(unit.read_text())
+    assert (d["MemoryHigh"], d["MemoryMax"]) == (["6G"], ["80%"])
+    assert json.loads(result.stdout)["memory_max"] == "80%"
+    done = _verify(unit, tmp_path, tmp_path / "runtime")
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+    state = json.loads(runner.invoke(app, ["service", "status", "--json"]).stdout)
+    assert state["up_to_date"] and (state["memory_high"], state["memory_max"]) == ("6G", "80%")
+    before = unit.read_text()
+    bad = runner.invoke(app, ["service", "install", "--no-start", "--memory-max", "16 gigs"])
+    assert bad.exit_code == 2 and "--memory-max '16 gigs'" in bad.stderr and "12G" in bad.stderr
+    assert unit.read_text() == before
+
+
+def test_the_hardening_a_user_unit_allows():
+    d = _directives(render_unit())
+    assert d["SystemCallFilter"] == ["@system-service"] and d["SystemCallErrorNumber"] == ["EPERM"]
+    assert d["RestrictNamespaces"] == ["yes"] and d["KeyringMode"] == ["private"]
+    assert d["TasksMax"] == ["4096"] and "MemoryMax" not in d  # memory limits only when asked for

@@ -25,6 +25,15 @@ def install(
         help="What the agent does (its ExecStart's `ccrl agent run --role`): capture (ingest and forward "
              "only, a member's laptop), trainer (training cycles on the pooled traces, the GPU box), all (both).",
     ),
+    memory_high: str = typer.Option(
+        None, "--memory-high", metavar="SIZE",
+        help="MemoryHigh= of the unit: above it the kernel reclaims the agent's memory hard (e.g. 12G, 75%).",
+    ),
+    memory_max: str = typer.Option(
+        None, "--memory-max", metavar="SIZE",
+        help="MemoryMax= of the unit: above it the OOM killer stops the largest process, the training "
+             "child (its step fails and is retried; the agent keeps running). E.g. 16G, 90%.",
+    ),
     start: bool = typer.Option(True, "--start/--no-start", help="Start (or restart) the agent now."),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
 ) -> None:
@@ -35,19 +44,38 @@ def install(
         _err().print(f"[red]error:[/red] --role: {exc}", highlight=False)
         raise typer.Exit(2) from None
     try:
+        service.check_memory(memory_high, "--memory-high")
+        service.check_memory(memory_max, "--memory-max")
+    except ValueError as exc:
+        _err().print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
         exe = service.ccrl_executable()
     except FileNotFoundError as exc:
         _err().print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     argv = service.agent_argv(exe, role)
-    text = service.render_unit(argv, service.service_environment())
+    environment = service.service_environment()
+    files = service.service_files(argv, environment, memory_high=memory_high, memory_max=memory_max)
+    env_path = service.env_file_path()
     try:
-        path, changed = service.write_unit(text, service.unit_dir())
+        # The EnvironmentFile first: a unit that names it must never find it missing.
+        env_changed = service.write_private(env_path, files.env_file) if files.env_file is not None else False
+        path, changed = service.write_unit(files.unit, service.unit_dir())
     except OSError as exc:
         _err().print(f"[red]error:[/red] cannot write the unit into {service.unit_dir()}: {exc}", highlight=False)
         raise typer.Exit(1) from None
+    if files.env_file is None and env_path.is_file():
+        env_path.unlink()  # no secret to carry any more: leave none behind
+        env_changed = True
+    changed = changed or env_changed
     report: dict[str, Any] = {"unit": str(path), "changed": changed, "exec_start": " ".join(argv), "role": role,
-                              "environment": service.service_environment(), "enabled": False, "started": False}
+                              # Names only: the values of secret variables stay in the 0600 file.
+                              "environment": {k: (v if k not in service.SECRET_VARIABLES else f"(in {env_path})")
+                                              for k, v in environment.items()},
+                              "environment_file": str(env_path) if files.env_file is not None else None,
+                              "memory_high": memory_high, "memory_max": memory_max,
+                              "enabled": False, "started": False}
     ignored = service.shell_only_overrides()
     if ignored:
         report["shell_only_overrides"] = ignored
@@ -80,7 +108,7 @@ def install(
     console.print(f"{'Wrote' if changed else 'Unchanged'}: {path}", highlight=False)
     console.print(f"Enabled{' and started' if start else ''} {service.UNIT_NAME} (ExecStart: {' '.join(argv)})",
                   highlight=False)
-    console.print("Follow it with: journalctl --user -u ccrl-agent -f", highlight=False)
+    console.print(f"Follow it with: {service.journal_command()} -f", highlight=False)
     if linger is False:
         console.print("Note: your user manager stops when you log out. To keep the agent running "
                       "(and start it at boot): loginctl enable-linger $USER", highlight=False)
@@ -101,6 +129,10 @@ def uninstall(as_json: bool = typer.Option(False, "--json", help="Print what was
     if path.exists():
         path.unlink()
         report["removed"] = True
+    env_path = service.env_file_path()
+    if env_path.exists():
+        env_path.unlink()
+        report["environment_file_removed"] = str(env_path)
     if reason is None:
         systemctl.run("daemon-reload")
     if as_json:
