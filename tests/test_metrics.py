@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import random
+
 import pytest
 
 from ccrl.agent.conversation import render_assistant_text, trace_to_messages, tools_for_trace
@@ -57,6 +59,86 @@ def test_paired_difference():
     assert diff.value == pytest.approx(5 / 8) and diff.low > 0
     with pytest.raises(ValueError):
         m.paired_difference([1], [1, 0])
+
+
+def _correlated_sessions(n_sessions: int = 10, size: int = 10) -> tuple[list[int], list[str]]:
+    """Half the sessions all right, half all wrong: decisions within a session move together."""
+    outcomes, sessions = [], []
+    for s in range(n_sessions):
+        outcomes += [int(s % 2 == 0)] * size
+        sessions += [f"s{s}"] * size
+    return outcomes, sessions
+
+
+def test_session_interval_is_wider_when_decisions_within_a_session_are_correlated():
+    outcomes, sessions = _correlated_sessions()
+    clustered = m.session_rate(outcomes, sessions)
+    wilson = m.rate(sum(outcomes), len(outcomes))
+    decision_bootstrap = m.mean_interval(outcomes)
+    assert clustered.value == wilson.value == 0.5 and clustered.n == 100 and clustered.sessions == 10
+    assert clustered.method == m.SESSION_BOOTSTRAP and decision_bootstrap.method == m.DECISION_BOOTSTRAP
+    width = clustered.high - clustered.low
+    # 100 "independent" decisions claim about +-0.1; ten sessions really only support about +-0.3.
+    assert width > 1.5 * (wilson.high - wilson.low)
+    assert width > 1.5 * (decision_bootstrap.high - decision_bootstrap.low)
+    # Independent decisions (every decision its own session): close to the Wilson interval.
+    independent = m.session_rate(outcomes, [str(i) for i in range(100)])
+    assert abs((independent.high - independent.low) - (wilson.high - wilson.low)) < 0.05
+
+
+def test_session_bootstrap_is_reproducible_with_a_seed():
+    rng = random.Random(7)
+    outcomes = [rng.random() < 0.6 for _ in range(90)]
+    sessions = [f"s{rng.randrange(12)}" for _ in range(90)]
+    first = m.session_rate(outcomes, sessions, seed=3)
+    assert m.session_rate(outcomes, sessions, seed=3) == first
+    assert m.cluster_bootstrap([int(o) for o in outcomes], sessions, seed=3) == (first.low, first.high)
+    # The seed is what fixes it: other seeds draw other resamples.
+    assert len({(m.session_rate(outcomes, sessions, seed=s).low, m.session_rate(outcomes, sessions, seed=s).high)
+                for s in range(5)}) > 1
+
+
+def test_single_session_falls_back_and_says_so():
+    one = m.session_rate([1, 1, 0, 1], ["only"] * 4)
+    assert one.method == m.WILSON_ONE_SESSION and (one.low, one.high) == m.wilson_interval(3, 4)
+    assert m.session_rate([1, 0], None).method == m.WILSON_NO_SESSIONS
+    assert m.session_rate([1, 0], ["a", None]).method == m.WILSON_NO_SESSIONS  # one unknown: no clustering
+    nothing = m.session_rate([], [])
+    assert nothing.value is None and nothing.low is None and nothing.high is None
+    diff = m.paired_difference([1, 1, 0], [0, 1, 0], sessions=["only"] * 3)
+    assert diff.method == m.DECISION_BOOTSTRAP_ONE_SESSION and diff.low is not None
+    with pytest.raises(ValueError):
+        m.session_rate([1, 0], ["a"])
+
+
+def test_paired_difference_resamples_sessions():
+    """Model A beats B on every decision of one session out of ten and ties elsewhere: per
+    decision the gain looks certain; per session it rests on one session and the interval
+    reaches zero."""
+    a, b, sessions = [], [], []
+    for s in range(10):
+        a += [1] * 20
+        b += [0 if s == 0 else 1] * 20
+        sessions += [f"s{s}"] * 20
+    by_decision = m.paired_difference(a, b)
+    by_session = m.paired_difference(a, b, sessions=sessions)
+    assert by_decision.value == by_session.value == pytest.approx(0.1)
+    assert by_decision.low > 0.0
+    assert by_session.low <= 0.0 < by_session.high and by_session.method == m.SESSION_BOOTSTRAP
+    assert by_session.sessions == 10
+    # The same seed, the same interval.
+    assert m.paired_difference(a, b, sessions=sessions) == by_session
+
+
+def test_summarise_decisions_by_session():
+    outcomes, sessions = _correlated_sessions()
+    scores = [m.DecisionScore(bool(o), None if i % 4 == 0 else bool(o), False) for i, o in enumerate(outcomes)]
+    out = m.summarise_decisions(scores, sessions=sessions)
+    assert out["next_action"].method == m.SESSION_BOOTSTRAP and out["next_action"].sessions == 10
+    assert out["tool_name"].n == 75 and out["tool_name"].sessions == 10
+    plain = m.summarise_decisions(scores)
+    assert plain["next_action"].successes == out["next_action"].successes
+    assert out["next_action"].high - out["next_action"].low > plain["next_action"].high - plain["next_action"].low
 
 
 # --- actions and arguments -----------------------------------------------------------------------

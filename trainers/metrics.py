@@ -21,8 +21,10 @@ answer. Each decision is scored on:
 A call cut off by the evaluation's token budget (the text ends inside its ``<tool_call>``)
 counts by its name when the name is complete; its arguments never match.
 
-Each is a rate with a Wilson score interval (:func:`wilson_interval`). Decisions within one
-trace are not independent, so the intervals are optimistic when few traces are held out.
+Each is a rate with a session-cluster percentile-bootstrap interval (:func:`session_rate`):
+decisions within one session are not independent, so whole sessions are resampled (seeded,
+:data:`RESAMPLES` times). Only where a single session exists is the Wilson score interval used,
+and the rate's ``method`` says so. Paired differences between two models resample sessions too.
 
 Free-running plan similarity
 ----------------------------
@@ -78,6 +80,17 @@ Label = tuple[str, ...]
 # Rates and means with intervals
 # ---------------------------------------------------------------------------------------------
 
+RESAMPLES = 2000
+"""Bootstrap resamples of every interval (seeded: the same data and seed give the same interval)."""
+SESSION_BOOTSTRAP = "session-cluster percentile bootstrap"
+"""Sessions are resampled with replacement, each with all of its decisions; the statistic is the
+pooled rate (or mean) of the resample. Percentile, not BCa: BCa's jackknife over a handful of
+sessions is unstable, and the percentile interval is what a reader can recompute."""
+WILSON_ONE_SESSION = "Wilson score (one session: nothing to resample)"
+DECISION_BOOTSTRAP_ONE_SESSION = "decision-level percentile bootstrap (one session: nothing to resample)"
+WILSON_NO_SESSIONS = "Wilson score (decisions without session ids)"
+DECISION_BOOTSTRAP = "decision-level percentile bootstrap (items without session ids)"
+
 
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
@@ -89,6 +102,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """The Wilson score interval of a binomial proportion (``(0, 1)`` when ``n`` is 0).
 
     Unlike the normal approximation it stays inside [0, 1] and is sensible at 0 or n successes.
+    It assumes independent trials: used only where a single session (or no session id) exists.
     """
     if n < 0 or successes < 0 or successes > n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
@@ -105,14 +119,61 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
+def _percentiles(values: list[float], confidence: float) -> tuple[float, float]:
+    values = sorted(values)
+    count = len(values)
+    tail = (1.0 - confidence) / 2.0
+    low = values[max(0, int(math.floor(tail * count)))]
+    high = values[min(count - 1, int(math.ceil((1.0 - tail) * count)) - 1)]
+    return low, high
+
+
+def cluster_bootstrap(values: Sequence[float], clusters: Sequence[Any], confidence: float = 0.95, *,
+                      resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """A percentile interval of the pooled mean of ``values`` resampling whole clusters
+    (sessions): each resample draws as many clusters as there are, with replacement, and takes
+    every value of each drawn cluster. Values within a session are correlated (one habit, one
+    codebase), so resampling single values would claim more certainty than the data holds."""
+    if len(values) != len(clusters):
+        raise ValueError(f"values and clusters need equal lengths, got {len(values)} and {len(clusters)}")
+    _z(confidence)
+    totals: dict[Any, list[float]] = {}
+    for value, cluster in zip(values, clusters):
+        entry = totals.setdefault(cluster, [0.0, 0])
+        entry[0] += float(value)
+        entry[1] += 1
+    groups = [tuple(v) for v in totals.values()]
+    if len(groups) < 2:
+        raise ValueError("a cluster bootstrap needs at least two clusters")
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = rng.choices(groups, k=len(groups))
+        means.append(sum(s for s, _n in drawn) / sum(n for _s, n in drawn))
+    return _percentiles(means, confidence)
+
+
+def _sessions_of(clusters: Sequence[Any] | None, n: int) -> list[Any] | None:
+    """The cluster labels, or None when any item lacks one (no clustering possible)."""
+    if clusters is None:
+        return None
+    clusters = list(clusters)
+    if len(clusters) != n:
+        raise ValueError(f"need one session per item, got {len(clusters)} for {n}")
+    return None if any(c is None for c in clusters) else clusters
+
+
 @dataclass(frozen=True)
 class Rate:
-    """A proportion with its Wilson interval."""
+    """A proportion with its interval and the method that gave it."""
 
     successes: int
     n: int
-    low: float
-    high: float
+    low: float | None
+    high: float | None
+    method: str = "Wilson score"
+    sessions: int | None = None
+    """Sessions the items came from (None when unknown)."""
 
     @property
     def value(self) -> float | None:
@@ -120,60 +181,93 @@ class Rate:
         return self.successes / self.n if self.n else None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: ``{"value", "successes", "n", "low", "high"}``."""
-        return {"value": self.value, "successes": self.successes, "n": self.n, "low": self.low, "high": self.high}
+        """JSON form: ``{"value", "successes", "n", "low", "high", "method", "sessions"}``."""
+        return {"value": self.value, "successes": self.successes, "n": self.n, "low": self.low, "high": self.high,
+                "method": self.method, "sessions": self.sessions}
 
 
 def rate(successes: int, n: int, confidence: float = 0.95) -> Rate:
-    """A :class:`Rate` with its Wilson interval."""
+    """A :class:`Rate` with its Wilson interval (independent trials)."""
     low, high = wilson_interval(successes, n, confidence)
     return Rate(successes, n, low, high)
 
 
+def session_rate(outcomes: Sequence[bool | int], sessions: Sequence[Any] | None, confidence: float = 0.95, *,
+                 resamples: int = RESAMPLES, seed: int = 0) -> Rate:
+    """The rate of ``outcomes`` (0/1 per decision) with a session-cluster bootstrap interval
+    (``sessions``: each decision's session id). One session: the Wilson interval, named as
+    such; no decisions: no interval."""
+    outcomes = [int(bool(o)) for o in outcomes]
+    n, successes = len(outcomes), sum(outcomes)
+    labels = _sessions_of(sessions, n)
+    if n == 0:
+        return Rate(0, 0, None, None, SESSION_BOOTSTRAP, 0)
+    if labels is None:
+        low, high = wilson_interval(successes, n, confidence)
+        return Rate(successes, n, low, high, WILSON_NO_SESSIONS, None)
+    count = len(set(labels))
+    if count < 2:
+        low, high = wilson_interval(successes, n, confidence)
+        return Rate(successes, n, low, high, WILSON_ONE_SESSION, count)
+    low, high = cluster_bootstrap(outcomes, labels, confidence, resamples=resamples, seed=seed)
+    return Rate(successes, n, low, high, SESSION_BOOTSTRAP, count)
+
+
 @dataclass(frozen=True)
 class Mean:
-    """A mean with a percentile-bootstrap interval (no interval below two values)."""
+    """A mean with a bootstrap interval (no interval below two values) and its method."""
 
     value: float | None
     n: int
     low: float | None
     high: float | None
+    method: str = "percentile bootstrap"
+    sessions: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: ``{"value", "n", "low", "high"}``."""
-        return {"value": self.value, "n": self.n, "low": self.low, "high": self.high}
+        """JSON form: ``{"value", "n", "low", "high", "method", "sessions"}``."""
+        return {"value": self.value, "n": self.n, "low": self.low, "high": self.high, "method": self.method,
+                "sessions": self.sessions}
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95, *, resamples: int = 2000,
-                  seed: int = 0) -> Mean:
-    """The mean of ``values`` with a seeded percentile-bootstrap interval.
+def mean_interval(values: Sequence[float], confidence: float = 0.95, *, resamples: int = RESAMPLES,
+                  seed: int = 0, sessions: Sequence[Any] | None = None) -> Mean:
+    """The mean of ``values`` with a seeded percentile-bootstrap interval: over sessions when
+    ``sessions`` names each value's session and there are two or more, else over the values
+    (the method says which).
 
     One value has no interval (``low``/``high`` None): a bootstrap of one point would claim a
     certainty the data does not have.
     """
     values = [float(v) for v in values]
     n = len(values)
+    labels = _sessions_of(sessions, n)
+    count = len(set(labels)) if labels is not None else None
     if n == 0:
-        return Mean(None, 0, None, None)
+        return Mean(None, 0, None, None, SESSION_BOOTSTRAP if labels is not None else DECISION_BOOTSTRAP, count)
     mean = sum(values) / n
+    if labels is not None and count >= 2:
+        low, high = cluster_bootstrap(values, labels, confidence, resamples=resamples, seed=seed)
+        return Mean(mean, n, low, high, SESSION_BOOTSTRAP, count)
+    method = DECISION_BOOTSTRAP_ONE_SESSION if labels is not None else DECISION_BOOTSTRAP
     if n == 1:
-        return Mean(mean, 1, None, None)
+        return Mean(mean, 1, None, None, method, count)
     _z(confidence)  # validates
     rng = random.Random(seed)
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
-    tail = (1.0 - confidence) / 2.0
-    low = means[max(0, int(math.floor(tail * resamples)))]
-    high = means[min(resamples - 1, int(math.ceil((1.0 - tail) * resamples)) - 1)]
-    return Mean(mean, n, low, high)
+    low, high = _percentiles([sum(rng.choices(values, k=n)) / n for _ in range(resamples)], confidence)
+    return Mean(mean, n, low, high, method, count)
 
 
 def paired_difference(a: Sequence[int], b: Sequence[int], confidence: float = 0.95, *,
-                      resamples: int = 2000, seed: int = 0) -> Mean:
+                      resamples: int = RESAMPLES, seed: int = 0, sessions: Sequence[Any] | None = None) -> Mean:
     """Mean of ``a[i] - b[i]`` over the same items (e.g. two models' 0/1 scores on the same
-    decisions), with a bootstrap interval: whether a difference is more than noise."""
+    decisions), with a bootstrap interval: whether a difference is more than noise. With
+    ``sessions`` (each item's session id) whole sessions are resampled, both models' scores of a
+    session together, so the pairing and the within-session correlation are both kept."""
     if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
-    return mean_interval([x - y for x, y in zip(a, b)], confidence, resamples=resamples, seed=seed)
+    return mean_interval([x - y for x, y in zip(a, b)], confidence, resamples=resamples, seed=seed,
+                         sessions=sessions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,15 +536,27 @@ def score_decision(predicted: Action, reference: Action, *, schemas: dict[str, T
     return DecisionScore(decision, names, arguments)
 
 
-def summarise_decisions(scores: Sequence[DecisionScore], confidence: float = 0.95) -> dict[str, Rate]:
+def summarise_decisions(scores: Sequence[DecisionScore], confidence: float = 0.95, *,
+                        sessions: Sequence[Any] | None = None, resamples: int = RESAMPLES,
+                        seed: int = 0) -> dict[str, Rate]:
     """The four decision metrics as rates: ``next_action`` and ``decision`` over every decision,
-    ``tool_name`` and ``arguments`` over the decisions where Claude called a tool."""
-    calls = [s for s in scores if s.tool_name is not None]
+    ``tool_name`` and ``arguments`` over the decisions where Claude called a tool.
+
+    ``sessions``: each decision's session id; the intervals then resample sessions (see
+    :func:`session_rate`). Without it every decision counts as independent (Wilson)."""
+    labels = _sessions_of(sessions, len(scores))
+    if labels is None:
+        labels = [None] * len(scores)
+    calls = [(s, c) for s, c in zip(scores, labels) if s.tool_name is not None]
+
+    def one(outcomes: list[bool], clusters: list[Any]) -> Rate:
+        return session_rate(outcomes, clusters, confidence, resamples=resamples, seed=seed)
+
     return {
-        "next_action": rate(sum(s.next_action for s in scores), len(scores), confidence),
-        "tool_name": rate(sum(bool(s.tool_name) for s in calls), len(calls), confidence),
-        "arguments": rate(sum(bool(s.arguments) for s in calls), len(calls), confidence),
-        "decision": rate(sum(s.decision for s in scores), len(scores), confidence),
+        "next_action": one([s.next_action for s in scores], labels),
+        "tool_name": one([bool(s.tool_name) for s, _c in calls], [c for _s, c in calls]),
+        "arguments": one([bool(s.arguments) for s, _c in calls], [c for _s, c in calls]),
+        "decision": one([s.decision for s in scores], labels),
     }
 
 
@@ -477,6 +583,9 @@ class DecisionPoint:
     prompt_tokens: int = 0
     """Estimated tokens of the prefix (4 characters a token): model-independent, so every model
     is scored on the same decisions."""
+    session_id: Any = None
+    """The session the decision comes from: intervals resample sessions. Set by whoever knows
+    it (the evaluation's data loader); ``decision_points`` leaves it None."""
 
 
 def _message_tokens(message: dict[str, Any]) -> int:
@@ -585,14 +694,18 @@ def score_plan(predicted: Sequence[str], reference: Sequence[str], *, well_forme
     return PlanScore(normalised_edit_distance(predicted, reference), precision, recall, well_formed)
 
 
-def summarise_plans(scores: Sequence[PlanScore], confidence: float = 0.95, *, seed: int = 0) -> dict[str, Any]:
-    """Plan metrics: mean edit distance, precision and recall (bootstrap intervals), and the
-    rate of well-formed plans (Wilson interval)."""
+def summarise_plans(scores: Sequence[PlanScore], confidence: float = 0.95, *, seed: int = 0,
+                    sessions: Sequence[Any] | None = None, resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Plan metrics: mean edit distance, precision and recall, and the rate of well-formed
+    plans, with session-cluster bootstrap intervals when ``sessions`` gives each plan's session
+    (see :func:`mean_interval` and :func:`session_rate`)."""
+    kw = {"seed": seed, "sessions": sessions, "resamples": resamples}
     return {
-        "plan_edit_distance": mean_interval([s.edit_distance for s in scores], confidence, seed=seed),
-        "plan_precision": mean_interval([s.precision for s in scores], confidence, seed=seed),
-        "plan_recall": mean_interval([s.recall for s in scores], confidence, seed=seed),
-        "plan_format": rate(sum(s.well_formed for s in scores), len(scores), confidence),
+        "plan_edit_distance": mean_interval([s.edit_distance for s in scores], confidence, **kw),
+        "plan_precision": mean_interval([s.precision for s in scores], confidence, **kw),
+        "plan_recall": mean_interval([s.recall for s in scores], confidence, **kw),
+        "plan_format": session_rate([s.well_formed for s in scores], sessions, confidence, resamples=resamples,
+                                    seed=seed),
     }
 
 
