@@ -327,6 +327,100 @@ def check_service() -> Check:
     return Check("agent service", OK, f"running (pid {status['agent'].get('pid')}, {status.get('active')})")
 
 
+# Why systemd last stopped the agent (the unit's Result), in words.
+_RESULTS = {
+    "exit-code": "the agent exited with an error",
+    "signal": "the agent was killed by a signal",
+    "core-dump": "the agent crashed (core dump)",
+    "watchdog": "the agent stopped answering and the watchdog restarted it",
+    "oom-kill": "the kernel's out-of-memory killer stopped it",
+    "timeout": "it did not start or stop in time",
+    "start-limit-hit": "it failed too often in a row and systemd gave up restarting it",
+}
+
+
+def check_service_runtime(settings: Settings) -> list[Check]:
+    """The running service, as systemd and the journal see it: its state and restarts, the
+    last READY/STATUS it sent, the last cycle, and errors in the journal over the last day.
+    Nothing when the unit is not installed or systemd is unreachable (``check_service`` says so)."""
+    from ccrl.agent import service
+
+    try:
+        installed = (service.unit_dir() / service.UNIT_NAME).is_file()
+        state = service.runtime_state() if installed else None
+    except Exception as exc:  # noqa: BLE001 - systemd quirks must not break the doctor
+        return [Check("service state", WARNING, f"cannot ask systemd ({type(exc).__name__}: {exc})")]
+    if state is None:
+        return []
+    logs = service.journal_command()
+    active, sub, result = state.get("ActiveState", "?"), state.get("SubState", "?"), state.get("Result", "")
+    restarts = int(state.get("NRestarts") or 0)
+    why = _RESULTS.get(result, f"result {result}")
+    checks = []
+    if active == "failed":
+        checks.append(Check("service state", ERROR, f"failed: {why}",
+                            f"{logs} -e says why; then systemctl --user reset-failed ccrl-agent && "
+                            "systemctl --user start ccrl-agent"))
+    elif active == "active" and restarts:
+        # Result is the last stop's reason until another stop overwrites it.
+        detail = f"active ({sub}), restarted {restarts} time(s) since it was started"
+        checks.append(Check("service state", WARNING, detail + (f"; last time {why}" if result != "success" else ""),
+                            f"{logs} -p warning says why"))
+    elif active == "active":
+        checks.append(Check("service state", OK, f"active ({sub}) since {state.get('ActiveEnterTimestamp') or '?'}"))
+    elif active in ("activating", "reloading"):
+        checks.append(Check("service state", INFO, f"{active} ({sub}): the agent has not sent READY yet",
+                            f"wait a few seconds; {logs} -f shows its start"))
+    else:
+        checks.append(Check("service state", WARNING, f"{active} ({sub})", "systemctl --user start ccrl-agent"))
+    if active == "active":
+        text = state.get("StatusText") or ""
+        if text:
+            checks.append(Check("service status", OK, f"READY at {state.get('ActiveEnterTimestamp') or '?'}; "
+                                f"status: {text}"))
+        else:
+            checks.append(Check("service status", WARNING, "running but it never sent a STATUS line: the unit may "
+                                "run an older ccrl", "ccrl service install, then systemctl --user restart ccrl-agent"))
+    checks.append(_check_last_cycle(settings))
+    errors = service.journal_entries("-p", "err", "--since", "-24h")
+    if errors is None:
+        checks.append(Check("journal", INFO, "journalctl is not available: the agent's log cannot be read here"))
+    elif errors:
+        last = errors[-1].get("MESSAGE") or "?"
+        if isinstance(last, list):  # journalctl gives binary-unsafe values as byte lists
+            last = bytes(last).decode(errors="replace")
+        checks.append(Check("journal", WARNING, f"{len(errors)}{'+' if len(errors) >= 20 else ''} error(s) from the "
+                            f"agent in the last 24 hours; the latest: {last}", f"{logs} -p err --since -24h"))
+    else:
+        checks.append(Check("journal", OK, "no errors from the agent in the last 24 hours"))
+    return checks
+
+
+def _check_last_cycle(settings: Settings) -> Check:
+    """The newest training cycle: what it ended with, or why it stopped."""
+    from ccrl.agent.agent_status import agent_status
+
+    try:
+        report = agent_status(settings, recent=1)
+    except Exception as exc:  # noqa: BLE001 - an unreadable store is the database check's finding
+        return Check("last cycle", WARNING, f"cannot read the cycles ({type(exc).__name__})", "see the database check")
+    cycles = report["recent_cycles"]
+    if not cycles:
+        return Check("last cycle", INFO, f"none yet; {report['status_line']}")
+    cycle = cycles[0]
+    what = f"cycle {cycle['number']}"
+    if cycle["status"] == "failed":
+        return Check("last cycle", WARNING, f"{what} failed: {cycle.get('error') or '?'}",
+                     f"ccrl runs show {cycle['number']} --cycle says which step and why; the next cycle starts "
+                     "when new traces cross the threshold")
+    if cycle["status"] in ("waiting", "blocked"):
+        return Check("last cycle", WARNING, f"{what} {cycle['status']}: {cycle.get('error') or report['status_line']}",
+                     f"ccrl runs show {cycle['number']} --cycle")
+    if cycle["status"] == "running":
+        return Check("last cycle", OK, f"{what} running: {report['status_line']}")
+    return Check("last cycle", OK, f"{what} {cycle['status']} ({cycle.get('outcome') or '?'})")
+
+
 def ollama_reachable(host: str | None) -> tuple[bool, str]:
     """Whether an Ollama server answers at ``host`` (``OLLAMA_HOST`` when None), and if not, why."""
     try:
@@ -364,7 +458,7 @@ def run_checks(settings: Settings, *, ollama: str | None = None) -> list[Check]:
                            check_cuda(), check_data_dir(settings), check_disk(settings), check_database(settings),
                            check_inbox(settings), check_pending(settings)]
     checks += check_hooks(settings)
-    checks += [check_service(), check_ollama(ollama)]
+    checks += [check_service(), *check_service_runtime(settings), check_ollama(ollama)]
     return checks
 
 

@@ -17,6 +17,7 @@ hold a password) goes into a 0600 ``EnvironmentFile=``, never into the unit's te
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -393,3 +394,43 @@ def unit_status() -> dict[str, object]:
     holder = agent_lock(get_settings().home).holder()
     report["agent"] = {"running": holder is not None, "pid": (holder or {}).get("pid")}
     return report
+
+
+# What `ccrl doctor` reads about the running unit (systemctl --user show).
+RUNTIME_PROPERTIES = ("ActiveState", "SubState", "Result", "NRestarts", "StatusText", "MainPID",
+                      "ActiveEnterTimestamp", "ExecMainCode", "ExecMainStatus")
+
+
+def runtime_state(systemctl: Systemctl | None = None) -> dict[str, str] | None:
+    """The unit's state as the manager sees it (``RUNTIME_PROPERTIES``); None when
+    ``systemctl --user`` cannot reach a manager."""
+    systemctl = systemctl or Systemctl()
+    if systemctl.unavailable_reason() is not None:
+        return None
+    shown = systemctl.run("show", UNIT_NAME, *(f"--property={p}" for p in RUNTIME_PROPERTIES))
+    if shown.returncode != 0:
+        return None
+    return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+
+
+def journal_entries(*args: str, limit: int = 20) -> list[dict[str, str]] | None:
+    """The agent's journal entries selected by ``args`` (``-p err``, ``--since -24h``), newest
+    last, as journalctl's JSON; None when journalctl is missing or fails."""
+    journalctl = shutil.which("journalctl")
+    if not journalctl:
+        return None
+    try:
+        done = subprocess.run([journalctl, "--no-pager", "-o", "json", "-n", str(limit), *journal_args(), *args],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    entries = []
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
