@@ -103,6 +103,10 @@ class PurgePlan:
     quarantine_ids: set[int] = field(default_factory=set)
     inbox_ids: set[int] = field(default_factory=set)
     spool_files: list[Path] = field(default_factory=list)
+    # Not deleted, reported: quarantined input that names no session, folder or transcript
+    # (e.g. a payload whose redaction failed), and Claude Code's own transcripts of the sessions.
+    unattributed_quarantine: int = 0
+    transcripts: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -158,24 +162,12 @@ def is_under(path: Any, roots: list[str]) -> bool:
     return False
 
 
-def _payload_object(payload: bytes | str | dict[str, Any] | None) -> dict[str, Any] | None:
-    if isinstance(payload, dict):
-        return payload
-    if payload is None:
-        return None
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
+def _payload_ids(payload: bytes | str | dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """``(session_id, cwd)`` of a payload, read from the raw bytes when it does not parse (a
+    truncated or otherwise quarantined event still says whose it is)."""
+    from ccrl.agent.payload_ids import payload_ids
 
-
-def _payload_session(obj: dict[str, Any] | None) -> str | None:
-    """A payload's session id: hook events say ``session_id``, transcript lines ``sessionId``."""
-    if obj is None:
-        return None
-    value = obj.get("session_id", obj.get("sessionId"))
-    return value if isinstance(value, str) else None
+    return payload_ids(payload)
 
 
 def _names_session(source: str | None, sessions: set[str]) -> bool:
@@ -228,10 +220,8 @@ def _inbox_rows(settings: Settings) -> list[_Pending]:
         conn.close()
     found = []
     for row_id, received_at, payload in rows:
-        obj = _payload_object(payload)
         when = datetime.fromtimestamp(float(received_at), tz=timezone.utc)
-        cwd = obj.get("cwd") if obj else None
-        found.append(_Pending(row_id, when, _payload_session(obj), cwd if isinstance(cwd, str) else None))
+        found.append(_Pending(row_id, when, *_payload_ids(payload)))
     return found
 
 
@@ -243,9 +233,7 @@ def _spooled(settings: Settings) -> list[_Pending]:
             when = spool_time(path)
         except OSError:
             continue  # taken by a concurrent ingest
-        obj = _payload_object(payload)
-        cwd = obj.get("cwd") if obj else None
-        found.append(_Pending(path, when, _payload_session(obj), cwd if isinstance(cwd, str) else None))
+        found.append(_Pending(path, when, *_payload_ids(payload)))
     return found
 
 
@@ -299,18 +287,25 @@ def _plan_before(db: Any, plan: PurgePlan, pending: list[_Pending], cutoff: date
     return [p for p in pending if p.received_at < cutoff]
 
 
-def _sessions_under(db: Any, roots: list[str], pending: list[_Pending]) -> set[str]:
+def _sessions_under(db: Any, plan: PurgePlan, roots: list[str], pending: list[_Pending]) -> set[str]:
     """Sessions whose cwd is a root or below: the session's path, a trace's cwd, or the cwd of
-    any of its events (stored, in the inbox or spooled)."""
+    any of its events (stored, quarantined, in the inbox or spooled). Stored events under a
+    root that name no session go into the plan directly."""
     from sqlmodel import select
 
-    from ccrl.agent.models import HookEvent, Session, Trace
+    from ccrl.agent.models import HookEvent, Quarantine, Session, Trace
 
     sessions = {sid for sid, path in db.exec(select(Session.id, Session.project_path)).all() if is_under(path, roots)}
     sessions |= {sid for sid, cwd in db.exec(select(Trace.session_id, Trace.cwd)).all() if is_under(cwd, roots)}
-    for sid, payload in db.exec(select(HookEvent.session_id, HookEvent.payload)).yield_per(1000):
-        obj = _payload_object(payload)
-        if sid and obj and is_under(obj.get("cwd"), roots):
+    for row_id, sid, payload in db.exec(select(HookEvent.id, HookEvent.session_id, HookEvent.payload)).yield_per(1000):
+        if is_under(_payload_ids(payload)[1], roots):
+            if sid:
+                sessions.add(sid)
+            else:
+                plan.hook_event_ids.add(row_id)
+    for payload in db.exec(select(Quarantine.payload)).yield_per(1000):
+        sid, cwd = _payload_ids(payload)
+        if sid and is_under(cwd, roots):
             sessions.add(sid)
     sessions |= {p.session_id for p in pending if p.session_id and is_under(p.cwd, roots)}
     return sessions
@@ -335,11 +330,11 @@ def _plan_sessions(db: Any, plan: PurgePlan, pending: list[_Pending], sessions: 
 
     quarantined = select(Quarantine.id, Quarantine.source, Quarantine.payload)
     for row_id, source, payload in db.exec(quarantined).yield_per(1000):
-        obj = _payload_object(payload)
-        if _names_session(source, sessions) or (
-            obj is not None and belongs(_payload_session(obj), obj.get("cwd"))
-        ):
+        session_id, cwd = _payload_ids(payload)
+        if _names_session(source, sessions) or belongs(session_id, cwd):
             plan.quarantine_ids.add(row_id)
+        elif session_id is None and cwd is None and not str(source).endswith(".jsonl"):
+            plan.unattributed_quarantine += 1  # says neither whose nor where: reported as left
     return [p for p in pending if belongs(p.session_id, p.cwd)]
 
 
@@ -359,6 +354,23 @@ def _only_member(db: Any, plan: PurgePlan, name: str) -> None:
     plan.trace_ids = own(Trace, Trace.id, plan.trace_ids)
     plan.hook_event_ids = own(HookEvent, HookEvent.id, plan.hook_event_ids)
     plan.quarantine_ids = own(Quarantine, Quarantine.id, plan.quarantine_ids)
+
+
+def _transcripts(db: Any, plan: PurgePlan) -> list[str]:
+    """Claude Code's own transcripts of the sessions the plan touches, still on this machine."""
+    from sqlmodel import select
+
+    from ccrl.agent.models import Session, Trace
+
+    touched = set(plan.session_ids)
+    for chunk in _chunks(plan.trace_ids):
+        touched.update(db.exec(select(Trace.session_id).where(Trace.id.in_(chunk))).all())
+    found: set[str] = set()
+    for chunk in _chunks(touched):
+        for path in db.exec(select(Session.transcript_path).where(Session.id.in_(chunk))).all():
+            if path and Path(path).is_file():
+                found.add(path)
+    return sorted(found)
 
 
 def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
@@ -388,7 +400,7 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
             if not target.project:
                 raise PurgeError("--project needs a path")
             roots = normalize_project(target.project)
-            selected = _plan_sessions(db, plan, pending, _sessions_under(db, roots, pending), roots)
+            selected = _plan_sessions(db, plan, pending, _sessions_under(db, plan, roots, pending), roots)
         from ccrl.agent.forward import is_remote
 
         if is_remote(settings):
@@ -399,6 +411,7 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
             plan.tool_calls += db.exec(
                 select(func.count()).select_from(ToolCall).where(ToolCall.trace_id.in_(chunk))
             ).one()
+        plan.transcripts = _transcripts(db, plan)
     plan.inbox_ids = {p.ref for p in selected if not isinstance(p.ref, Path)}
     plan.spool_files = sorted(p.ref for p in selected if isinstance(p.ref, Path))
     return plan
@@ -410,11 +423,15 @@ def plan_purge(settings: Settings, target: PurgeTarget) -> PurgePlan:
 
 @dataclass
 class PurgeResult:
-    """What a purge removed, and whether the SQLite files were compacted afterwards."""
+    """What a purge removed, whether the SQLite files were compacted afterwards, and what of
+    the purged data still exists elsewhere (``remains``: one sentence each)."""
 
     removed: dict[str, int]
     vacuumed: list[str]
     notes: list[str]
+    store: dict[str, Any] = field(default_factory=dict)
+    remains: list[str] = field(default_factory=list)
+    transcripts: list[str] = field(default_factory=list)
 
 
 def _record_tombstones(settings: Settings, plan: PurgePlan) -> None:
@@ -601,8 +618,13 @@ def _purge_locked(settings: Settings, target: PurgeTarget, rounds: int) -> Purge
     removed = {key: 0 for key in PurgePlan(target=target).counts()}
     notes: list[str] = []
     purged_sessions: set[str] = set()
-    for _ in range(rounds):
+    transcripts: set[str] = set()
+    unattributed = 0
+    for round_number in range(rounds):
         plan = plan_purge(settings, target)
+        if round_number == 0:
+            unattributed = plan.unattributed_quarantine
+        transcripts.update(plan.transcripts)
         if plan.empty:
             break
         _record_tombstones(settings, plan)
@@ -629,4 +651,10 @@ def _purge_locked(settings: Settings, target: PurgeTarget, rounds: int) -> Purge
             vacuumed.append(name)
         if note:
             notes.append(note)
-    return PurgeResult(removed=removed, vacuumed=vacuumed, notes=notes)
+    from ccrl.agent.purge_residue import remains, store_residue
+
+    store = store_residue(settings, compacted="store" in vacuumed)
+    result = PurgeResult(removed=removed, vacuumed=vacuumed, notes=notes, store=store,
+                         transcripts=sorted(transcripts))
+    result.remains = remains(store, transcripts=result.transcripts, unattributed_quarantine=unattributed)
+    return result

@@ -170,7 +170,8 @@ def purge_json(*args: str) -> dict:
     result = purge(*args, "--yes", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"target", "dry_run", "counts", "vacuumed", "notes"}
+    assert set(data) == {"target", "dry_run", "counts", "vacuumed", "notes", "store", "remains", "transcripts",
+                         "derived"}
     assert set(data["counts"]) == COUNT_KEYS
     return data
 
@@ -181,6 +182,11 @@ def test_purge_session(store):
     assert data["counts"] == {"sessions": 1, "traces": 2, "tool_calls": 3, "hook_events": 2, "quarantined": 2,
                               "inbox_events": 1, "spool_files": 1}
     assert data["vacuumed"] == ["store", "inbox"]
+    assert data["store"] == {"dialect": "sqlite", "compacted": True, "not_reclaimed": []}
+    assert any(line.startswith("store and inbox compacted (SQLite VACUUM") for line in data["remains"])
+    assert data["derived"]["found"]["counts"] == {"dataset_versions": 0, "training_runs": 0, "model_versions": 0,
+                                                  "ollama_tags": 0, "evaluations": 0, "ab_votes": 0}
+    assert data["derived"]["command"] is None
     rest = left(store["home"])
     assert rest["sessions"] == {S2, S3}
     assert rest["traces"] == {store["t3"], store["t4"]}
@@ -291,6 +297,15 @@ def test_without_yes_on_a_non_interactive_stdin_it_refuses(store):
     assert result.exit_code == 1
     assert "--yes" in result.stderr
     assert left(store["home"]) == before
+
+
+def test_the_text_summary_says_what_was_removed_and_what_remains(store):
+    result = purge("--session", S1, "--yes")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert f"Removed everything of session {S1}:" in out
+    assert "Compacted: store, inbox (deleted text no longer on disk)." in out
+    assert "What remains: store and inbox compacted (SQLite VACUUM" in out
 
 
 def test_nothing_matching_is_not_an_error(store):

@@ -1,17 +1,15 @@
-"""Top-level admin commands: ``ccrl status`` and ``ccrl purge``."""
+"""Top-level admin commands: ``ccrl status`` and ``ccrl purge`` (``purge_cmd``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from ccrl.agent.config import get_settings
 
@@ -88,111 +86,9 @@ def status(
         raise typer.Exit(1)
 
 
-def _target(session: str | None, project: str | None, before: str | None, everything: bool) -> Any:
-    from ccrl.agent.purge import PurgeError, PurgeTarget, parse_before
-
-    chosen = [flag for flag, value in (("--session", session), ("--project", project),
-                                       ("--before", before), ("--all", everything)) if value]
-    if len(chosen) != 1:
-        given = f" (given: {', '.join(chosen)})" if chosen else ""
-        _fail(f"say what to purge with exactly one of --session ID, --project PATH, --before DATE, --all{given}.", 2)
-    if session is not None:
-        if not session.strip():
-            _fail("--session needs a session id.", 2)
-        return PurgeTarget(mode="session", session_id=session.strip())
-    if project is not None:
-        if not project.strip():
-            _fail("--project needs a path.", 2)
-        return PurgeTarget(mode="project", project=project)
-    if before is not None:
-        try:
-            return PurgeTarget(mode="before", before=parse_before(before))
-        except PurgeError as exc:
-            _fail(str(exc), 2)
-    return PurgeTarget(mode="all")
-
-
-_LABELS = {
-    "sessions": "sessions",
-    "traces": "traces",
-    "tool_calls": "tool calls",
-    "hook_events": "hook events",
-    "quarantined": "quarantined items",
-    "inbox_events": "pending inbox events",
-    "spool_files": "spool files",
-}
-
-
-def _counts_table(title: str, counts: dict[str, int]) -> Group:
-    # The title on a line of its own: the table is narrow, a project path may not be.
-    table = Table(show_header=False)
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for key, label in _LABELS.items():
-        table.add_row(label, f"{counts[key]:,}")
-    return Group(Text(title, style="bold"), table)
-
-
-def purge(
-    session: str | None = typer.Option(None, "--session", help="Purge one session (its id)."),
-    project: str | None = typer.Option(None, "--project", help="Purge every session run in PATH or below it."),
-    before: str | None = typer.Option(
-        None, "--before", help="Purge everything captured before DATE (YYYY-MM-DD[THH:MM], local time)."
-    ),
-    everything: bool = typer.Option(False, "--all", help="Purge all captured data."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print as JSON: target, dry_run, counts (removed, or would be), vacuumed, notes."
-    ),
-) -> None:
-    """Delete captured data for good: rows, pending inbox events and spool files; then compact
-    the database files so the deleted text is gone from disk."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from ccrl.agent.purge import PurgeError, execute_purge, plan_purge
-
-    target = _target(session, project, before, everything)
-    settings = get_settings()
-    try:
-        plan = plan_purge(settings, target)
-    except (SQLAlchemyError, OSError) as exc:
-        _fail(f"cannot read the store or the inbox: {exc}")
-    preview = plan.counts()
-    if dry_run or plan.empty:
-        if as_json:
-            _print_json({"target": target.mode, "dry_run": dry_run, "counts": preview, "vacuumed": [], "notes": []})
-        elif plan.empty:
-            _out.print(f"Nothing to remove ({escape(target.describe())}).")
-        else:
-            _out.print(_counts_table(f"Would remove {target.describe()}:", preview))
-        return
-    if not yes:
-        if not sys.stdin.isatty():
-            _fail("purge deletes data for good and asks for confirmation, but stdin is not a terminal. "
-                  "Re-run with --yes to confirm.")
-        _err.print(_counts_table(f"Purge {target.describe()}:", preview))
-        if not typer.confirm("Delete this for good?", default=False, err=True):
-            _err.print("Nothing removed.")
-            raise typer.Exit(1)
-    try:
-        result = execute_purge(settings, target)
-    except PurgeError as exc:
-        _fail(str(exc))
-    except (SQLAlchemyError, OSError) as exc:
-        _fail(f"purge failed: {exc}. Run it again once the problem is fixed: it removes what is left.")
-    if as_json:
-        _print_json({"target": target.mode, "dry_run": False, "counts": result.removed,
-                     "vacuumed": result.vacuumed, "notes": result.notes})
-        return
-    _out.print(_counts_table(f"Removed {target.describe()}:", result.removed))
-    if result.vacuumed:
-        _out.print(f"Compacted: {', '.join(result.vacuumed)} (deleted text no longer on disk).")
-    for note in result.notes:
-        _err.print(f"[yellow]note:[/yellow] {escape(note)}")
-
-
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the top-level app."""
     app.command("status")(status)
+    from ccrl.agent.cli.purge_cmd import purge
+
     app.command("purge")(purge)
