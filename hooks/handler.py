@@ -9,10 +9,11 @@ import sys
 import time
 
 if __package__:
-    from . import inbox, paths
+    from . import budget, inbox, paths
     from .paths import ignored_path
     from .redact import redact_bytes
 else:  # imported by hooks/capture.py run by path: siblings are top-level modules
+    import budget
     import inbox
     import paths
     from paths import ignored_path
@@ -30,19 +31,23 @@ STDIN_TOTAL_TIMEOUT_S = 6.0
 REDACTION_FAILED = b"\x00ccrl: redaction failed"
 
 
-def read_stdin(idle: float = STDIN_IDLE_TIMEOUT_S, total: float = STDIN_TOTAL_TIMEOUT_S) -> bytes:
-    """Everything on stdin, waiting at most ``idle`` s per chunk and ``total`` s in all.
-    A terminal or a closed stdin reads as empty."""
+def read_stdin(idle: float = STDIN_IDLE_TIMEOUT_S, total: float = STDIN_TOTAL_TIMEOUT_S,
+               keep: int = budget.EVENT_BUDGET_BYTES) -> tuple[bytes, int]:
+    """``(head, size)``: the first ``keep`` bytes of stdin and how many bytes it held in all,
+    waiting at most ``idle`` s per chunk and ``total`` s in all. Bytes past ``keep`` are read
+    and counted but not kept, so memory stays bounded whatever the writer sends (and the writer
+    never meets a closed pipe). A terminal or a closed stdin reads as empty."""
     try:
         if os.isatty(0):
-            return b""
+            return b"", 0
         import select
 
         poller = select.poll()
         poller.register(0, select.POLLIN)
     except (OSError, ValueError):
-        return b""
+        return b"", 0
     chunks = []
+    kept = size = 0
     deadline = time.monotonic() + total
     try:
         while True:
@@ -55,10 +60,14 @@ def read_stdin(idle: float = STDIN_IDLE_TIMEOUT_S, total: float = STDIN_TOTAL_TI
                 continue
             if not chunk:
                 break
-            chunks.append(chunk)
+            size += len(chunk)
+            if kept < keep:
+                chunk = chunk[:keep - kept]
+                chunks.append(chunk)
+                kept += len(chunk)
     except OSError:
         pass
-    return b"".join(chunks)
+    return b"".join(chunks), size
 
 
 def _cwds(data: bytes) -> list[str]:
@@ -104,8 +113,17 @@ def opted_out(data: bytes) -> bool:
     return any(ignored_path(cwd) for cwd in cwds)
 
 
-def capture(payload: bytes, home: str | None = None, keep_open: bool = False) -> str:
-    """Store one event. Returns where it went: 'inbox', 'spool', 'ignored' or 'lost'."""
+def capture(payload: bytes, home: str | None = None, keep_open: bool = False,
+            size: int | None = None) -> str:
+    """Store one event. Returns where it went: 'inbox', 'spool', 'ignored' or 'lost'.
+
+    ``payload`` is the event's stdin, or its head when ``size`` (the whole event's bytes) is
+    larger: past the size budget it is stored cut, with a marker saying so (``budget.fit``),
+    before redaction runs, so neither costs more than the budget allows.
+    """
+    size = len(payload) if size is None else size
+    if size > budget.EVENT_BUDGET_BYTES or len(payload) > budget.EVENT_BUDGET_BYTES:
+        payload = budget.fit(payload, max(size, len(payload)))
     if opted_out(payload):
         return "ignored"
     # Whole microseconds: a spool file's name holds them exactly (see inbox.spool_name).
@@ -114,7 +132,7 @@ def capture(payload: bytes, home: str | None = None, keep_open: bool = False) ->
     try:
         payload = redact_bytes(payload)
     except Exception as exc:  # MemoryError or a bug: never write the unredacted payload
-        payload = REDACTION_FAILED + f" ({type(exc).__name__}); {len(payload)} bytes not kept".encode()
+        payload = REDACTION_FAILED + f" ({type(exc).__name__}); {size} bytes not kept".encode()
     try:
         inbox.store(home, received_at, payload, keep_open=keep_open)
         return "inbox"
@@ -152,7 +170,8 @@ def main() -> None:
     except Exception:
         pass
     try:
-        capture(read_stdin(), keep_open=True)
+        head, size = read_stdin()
+        capture(head, keep_open=True, size=size)
     except BaseException:
         pass
     # Leave without interpreter teardown: nothing needs flushing, and the inbox connection

@@ -258,13 +258,20 @@ def test_closed_or_empty_stdin_and_closed_stdout(home):
     assert {q.reason for q in stored_quarantine()} == {"empty: the hook received nothing on stdin"}
 
 
-def test_a_huge_payload_is_stored_whole_and_redacted(home):
+def test_a_huge_payload_is_stored_cut_to_the_budget_and_redacted(home):
+    """Past the size budget the event is kept, cut, with a marker; what is kept is redacted
+    (tests/test_hook_budget.py covers the budget itself)."""
+    from ccrl.hooks import budget
+
     ensure_local_stores()
     blob = "line of tool output\n" * 100_000  # 2 MB, twice
-    run_hook(event(tool_use_id="huge", tool_response={"stdout": blob + "DB_PASSWORD=hunter2-prod\n" + blob}))
+    payload = event(tool_use_id="huge", tool_response={"stdout": "DB_PASSWORD=hunter2-prod\n" + blob + blob})
+    run_hook(payload)
     assert drain().stored == 1
     (stored,) = stored_events()
-    assert stored.payload["tool_response"]["stdout"] == blob + "DB_PASSWORD=[REDACTED:secret]\n" + blob
+    stdout = stored.payload["tool_response"]["stdout"]
+    assert stdout.startswith("DB_PASSWORD=[REDACTED:secret]\nline of tool output\n")
+    assert stdout.endswith(budget.marker(budget.EVENT_BUDGET_BYTES, len(payload)))
 
 
 def test_the_inbox_wal_stays_small_across_hook_runs(home):
