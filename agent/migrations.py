@@ -8,8 +8,8 @@ that the migrated schema matches ``models.py`` exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 
 from sqlalchemy import (
     JSON,
@@ -30,9 +30,21 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from ccrl.agent.migration_transactions import locked_transaction, migration_connection, pause_point
+
 Migration = Callable[[Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 MIGRATIONS_TABLE = "_ccrl_migrations"
+
+
+def ccrl_table_names() -> set[str]:
+    """The tables ccrl owns (those ``models.py`` declares): a shared PostgreSQL database holds
+    other applications' tables too, and a migration never touches those."""
+    from sqlmodel import SQLModel
+
+    import ccrl.agent.models  # noqa: F401  (registers the tables)
+
+    return set(SQLModel.metadata.tables)
 
 
 def migration(fn: Migration) -> Migration:
@@ -285,19 +297,23 @@ def m007_postgres_column_types(conn: Connection) -> None:
     - every datetime as ``timestamp with time zone``: sqlmodel's datetime type is time-zone
       aware, and the stored naive values were UTC (``AT TIME ZONE 'UTC'`` keeps each instant);
     - ``model_versions.size_bytes`` as ``bigint``: a GGUF over 2 GiB overflows ``integer``.
+
+    Changed after it shipped, because it was harmful: it altered every table in the schema,
+    other applications' included (a shared database), and wrote their names unquoted (a
+    mixed-case name failed the whole migration). It now alters only ccrl's own tables (the
+    names ``models.py`` declares), identifiers quoted; on ccrl's tables the effect is the same.
     """
     if conn.dialect.name != "postgresql":
         return
+    quote = conn.dialect.identifier_preparer.quote_identifier
     insp = inspect(conn)
-    for table in insp.get_table_names():
-        if table == MIGRATIONS_TABLE:
-            continue
+    for table in sorted(set(insp.get_table_names()) & ccrl_table_names()):
         for column in insp.get_columns(table):
             kind = column["type"]
             if isinstance(kind, DateTime) and not getattr(kind, "timezone", False):
-                name = column["name"]
-                conn.execute(text(f'ALTER TABLE {table} ALTER COLUMN "{name}" TYPE TIMESTAMP WITH TIME ZONE '
-                                  f'USING "{name}" AT TIME ZONE \'UTC\''))
+                name = quote(column["name"])
+                conn.execute(text(f"ALTER TABLE {quote(table)} ALTER COLUMN {name} TYPE TIMESTAMP WITH TIME ZONE "
+                                  f"USING {name} AT TIME ZONE 'UTC'"))
     conn.execute(text("ALTER TABLE model_versions ALTER COLUMN size_bytes TYPE BIGINT"))
 
 
@@ -342,44 +358,21 @@ def applied(conn: Connection) -> list[str]:
 
 
 def migrate(engine: Engine, upto: str | None = None) -> list[str]:
-    """Apply every migration not yet applied (up to and including ``upto``), each in its own
-    transaction. Returns the names applied now."""
-    import time
-
+    """Apply every migration not yet applied (up to and including ``upto``), each in one
+    transaction with its version record, checked and applied under the migration lock
+    (``ccrl.agent.migration_transactions``). Returns the names applied now."""
     done_now: list[str] = []
     table = _migrations_table(MetaData())
-    with _exclusive(engine):
-        with engine.begin() as conn:
+    with migration_connection(engine) as conn:
+        with locked_transaction(conn):
             table.create(conn, checkfirst=True)
         for name, fn in MIGRATIONS:
-            with engine.begin() as conn:
+            with locked_transaction(conn):
                 if name not in applied(conn):
-                    fn(conn)
+                    with pause_point(conn, name):
+                        fn(conn)
                     conn.execute(table.insert().values(name=name, applied_at=time.time()))
                     done_now.append(name)
             if name == upto:
                 break
     return done_now
-
-
-# pg_advisory_lock's key for migrating (any constant; "ccrl" in ASCII).
-_PG_MIGRATE_LOCK = 0x6363726C
-
-
-@contextmanager
-def _exclusive(engine: Engine) -> Iterator[None]:
-    """One migrating process at a time. Several agents share a PostgreSQL store and start
-    together: without this, two would both see a migration unapplied and both run it. The
-    advisory lock is held by a connection of its own for the whole run (each migration
-    commits separately). SQLite serialises writers by itself."""
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    with engine.connect() as lock_conn:
-        lock_conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATE_LOCK})
-        lock_conn.commit()
-        try:
-            yield
-        finally:
-            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_MIGRATE_LOCK})
-            lock_conn.commit()

@@ -7,6 +7,8 @@ characters, 64-bit sizes)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 import ccrl.agent.models  # noqa: F401  (registers the tables)
 from ccrl.agent.migrations import MIGRATIONS, applied, migrate
 from conftest import HOOK_PAYLOADS, TRANSCRIPTS
+from migration_helpers import wait_for_pause
 from postgres_helpers import pg_home, pg_server, pg_url  # noqa: F401  (fixtures)
 
 SEEKNAL = HOOK_PAYLOADS / "seeknal_2026-02"
@@ -126,6 +129,76 @@ def test_agents_starting_together_migrate_a_new_database_once(pg_url):
     engine = create_engine(pg_url)
     with engine.connect() as conn:
         assert applied(conn) == [name for name, _ in MIGRATIONS]
+    engine.dispose()
+
+
+def test_migrations_leave_other_applications_tables_alone(pg_url):
+    """A shared database holds other applications' tables in the same schema: m007 (time-zone
+    aware datetimes) changes only ccrl's own, and a name that needs quoting does not break it."""
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE billing (id integer PRIMARY KEY, at timestamp without time zone, "
+                          "amount integer)"))
+        conn.execute(text('CREATE TABLE "Audit Log" ("When" timestamp without time zone, "Who" varchar)'))
+        conn.execute(text("INSERT INTO billing VALUES (1, '2026-03-01 10:00:00', 7)"))
+        conn.execute(text('INSERT INTO "Audit Log" VALUES (\'2026-03-01 11:00:00\', \'x\')'))
+    foreign_before = _foreign_columns(engine)
+    assert migrate(engine) == [name for name, _ in MIGRATIONS]
+    assert _foreign_columns(engine) == foreign_before
+    with engine.connect() as conn:
+        assert str(conn.execute(text("SELECT at FROM billing")).scalar_one()) == "2026-03-01 10:00:00"
+        assert str(conn.execute(text('SELECT "When" FROM "Audit Log"')).scalar_one()) == "2026-03-01 11:00:00"
+        # ccrl's own datetimes did change
+        kind = conn.execute(text("SELECT data_type FROM information_schema.columns WHERE table_name = 'sessions' "
+                                 "AND column_name = 'created_at'")).scalar_one()
+        assert kind == "timestamp with time zone"
+    engine.dispose()
+
+
+def _foreign_columns(engine) -> set[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        return set(conn.execute(text(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name IN ('billing', 'Audit Log')")).all())
+
+
+PAUSING_MIGRATE_SCRIPT = """
+import sys
+from sqlalchemy import create_engine
+from ccrl.agent.migrations import migrate
+print(",".join(migrate(create_engine(sys.argv[1]))), flush=True)
+"""
+
+
+def _migrate_in_process(url: str, pause: str | None = None) -> subprocess.Popen:
+    from ccrl.agent.migration_transactions import PAUSE_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
+    if pause is not None:
+        env[PAUSE_ENV] = pause
+    return subprocess.Popen([sys.executable, "-c", PAUSING_MIGRATE_SCRIPT, url], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_migration_killed_midway_and_a_second_agent_waiting_on_postgres(pg_url):
+    """One agent is killed inside m006 (after its first ALTER) while a second one waits for the
+    migration lock: the second then applies m006 whole, and every migration is recorded once."""
+    engine = create_engine(pg_url)
+    migrate(engine, upto="m005_purged_sessions")
+    victim = _migrate_in_process(pg_url, pause="m006_member_origin")
+    wait_for_pause(victim, "m006_member_origin")
+    waiting = _migrate_in_process(pg_url)
+    time.sleep(1.0)
+    assert waiting.poll() is None  # held at the lock, not running m006 beside the victim
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    out, err = waiting.communicate(timeout=120)
+    names = [name for name, _ in MIGRATIONS]
+    assert waiting.returncode == 0 and out.strip().split(",") == names[names.index("m006_member_origin"):], err
+    with engine.connect() as conn:
+        assert applied(conn) == names
+        columns = {c["name"] for c in inspect(conn).get_columns("traces")}
+        assert {"user_name", "hostname", "covered_by_cycle"} <= columns
     engine.dispose()
 
 
