@@ -1,0 +1,97 @@
+"""The wheel a user installs holds every module and data file of the checkout.
+
+`packages` in pyproject.toml is an explicit list (the folders map onto the ``ccrl`` namespace
+through ``package-dir``), so a subpackage missing from it still imports in an editable checkout
+and only breaks a user's install. This builds the real wheel (not editable), unpacks it as pip
+installs it, and imports every first-party module from there, with the editable install's path
+hooks out of the way (``python -S``: no ``.pth`` files).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# The three code folders and the package each installs as (pyproject.toml's package-dir).
+FOLDERS = {"hooks": "ccrl.hooks", "agent": "ccrl.agent", "trainers": "ccrl.trainers"}
+# Files that are not code but ship with the package (pyproject.toml's package-data).
+DATA_SUFFIXES = (".jinja", ".yaml", ".json", ".jsonl")
+
+
+def checkout_modules() -> list[str]:
+    """Every first-party module in the checkout, by the name it installs as."""
+    names = []
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if "__pycache__" in parts:
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names.append(".".join((package, *parts)))
+    return names
+
+
+def checkout_data_files() -> list[str]:
+    """Every tracked data file under the code folders, by its path inside the wheel."""
+    out = subprocess.run(["git", "ls-files", *FOLDERS], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = []
+    for line in out.stdout.splitlines():
+        if line.endswith(DATA_SUFFIXES):
+            folder, _, rest = line.partition("/")
+            files.append("/".join((*FOLDERS[folder].split("."), rest)))
+    return files
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from the checkout and unpacked into a folder of its own."""
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    wheels = list((work / "dist").glob("ccrl-*.whl"))
+    assert len(wheels) == 1, wheels
+    target = work / "site"
+    with zipfile.ZipFile(wheels[0]) as archive:
+        archive.extractall(target)
+    return target
+
+
+def test_the_wheel_holds_every_module_and_data_file(installed: Path) -> None:
+    modules = checkout_modules()
+    assert "ccrl.agent.cli" in modules and "ccrl.hooks.capture" in modules  # the walk found the tree
+    missing = [name for name in modules
+               if not (installed / Path(*name.split(".")) ).with_suffix(".py").exists()
+               and not (installed / Path(*name.split(".")) / "__init__.py").exists()]
+    assert missing == []
+    data = checkout_data_files()
+    assert any(name.endswith(".jinja") for name in data)  # the templates are among them
+    assert [name for name in data if not (installed / name).exists()] == []
+
+
+def test_every_module_imports_from_the_installed_wheel(installed: Path) -> None:
+    modules = checkout_modules()
+    # -S: site is not imported, so the editable install's .pth finder never loads; the
+    # environment's packages (the dependencies) come after the wheel's folder on sys.path.
+    script = (
+        "import importlib, sys\n"
+        f"sys.path[:0] = [{str(installed)!r}, {sysconfig.get_paths()['purelib']!r}]\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    module = importlib.import_module(name)\n"
+        f"    if not (module.__file__ or '').startswith({str(installed)!r}):\n"
+        "        bad.append((name, module.__file__))\n"
+        "print(len(sys.argv) - 1, bad)\n"
+    )
+    result = subprocess.run([sys.executable, "-S", "-c", script, *modules], capture_output=True, text=True,
+                            cwd=installed)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{len(modules)} []"
