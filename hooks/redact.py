@@ -3,7 +3,8 @@
 Works on bytes (the hook's raw payload, which is JSON text: secrets sit inside JSON strings with
 escaped quotes and ``\\n`` escapes) and on str (ingest redacts transcript text with the same
 rules). Each secret becomes a typed marker such as ``[REDACTED:aws_access_key]`` so training
-data keeps its shape.
+data keeps its shape. The rules themselves are in ``redact_rules.py``; this module runs them
+and decides, for the rules that need judgement, whether a match is a secret or ordinary code.
 
 Cost model: the hook runs on every tool call and most payloads hold no secret. Each rule
 therefore lists lower-case *markers*, plain substrings of which at least one occurs in (the
@@ -16,85 +17,63 @@ Patterns are ASCII-only (``re.ASCII``) so bytes and str behave the same, and so 
 case-insensitive match can only happen on ASCII letters, which plain ``lower()`` also folds.
 """
 
-# A quote as it appears in raw text ("), in a JSON string (\"), or in JSON nested in JSON (\\\").
-_Q = r"""(?:\\*["'])"""
-# Separator of an assignment: KEY=value, key: value, key => value (not ==, not a newline).
-_SEP = r"[ \t]*(?:=>|:=|[:=])[ \t]*"
+if __package__:
+    from .redact_rules import RULES
+else:  # imported by hooks/handler.py run by path: siblings are top-level modules
+    from redact_rules import RULES
 
-# Names that mark the value assigned to them as a secret. The pattern matches only the name's
-# tail (the whole name is recovered by the callback: anchoring on a literal keeps the scan fast).
-# The ``[_-]key`` family is weak (many code identifiers end in _key: primary_key, sort_key); the
-# callback decides on those.
-_SECRET_NAME_TAIL = (
-    r"(?:password|passwd|passphrase|secret|token|credentials?|apikey|accesskey|privatekey|"
-    r"[_\-]key|[_\-]pwd|[_\-]pass)"
-)
+__all__ = ["RULES", "may_contain_secret", "redact_bytes", "redact_obj", "redact_text", "rules_needed"]
+
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
-# (kind, pattern, markers, replacement). Order matters: whole key blocks and specific token
-# formats first, then generic assignments, so a token inside an assignment keeps its kind.
-# A replacement of None means the rule's callback (below) decides.
-RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
-    # A whole PEM block; if the END line is missing (a truncated read), everything up to the
-    # end of the enclosing JSON string (or of the text) goes.
-    ("private_key",
-     r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
-     r"""(?:(?:[^"\\]|\\.)*?-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|(?:[^"\\]|\\.)*)""",
-     ("private key",), "[REDACTED:private_key]"),
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}", ("sk-ant-",), "[REDACTED:anthropic_key]"),
-    ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}", ("sk-",),
-     "[REDACTED:openai_key]"),
-    ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})",
-     ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), "[REDACTED:github_token]"),
-    ("slack_token", r"\b(?:xox[abposr]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})",
-     ("xox", "xapp-"), "[REDACTED:slack_token]"),
-    ("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+", ("hooks.slack.com",),
-     "[REDACTED:slack_webhook]"),
-    ("stripe_key", r"\b(?:(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{20,})",
-     ("k_live_", "k_test_", "whsec_"), "[REDACTED:stripe_key]"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", ("aiza",), "[REDACTED:google_api_key]"),
-    ("google_oauth_token", r"\b(?:ya29\.[0-9A-Za-z_\-]{20,}|GOCSPX-[0-9A-Za-z_\-]{20,})",
-     ("ya29.", "gocspx-"), "[REDACTED:google_oauth_token]"),
-    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", ("akia", "asia", "abia", "acca"),
-     "[REDACTED:aws_access_key]"),
-    ("aws_secret_key",
-     r"(?i)(aws_?secret_?(?:access_?)?key" + _Q + r"?" + _SEP + _Q + r"?)[A-Za-z0-9/+=]{40}",
-     ("awssecret", "aws_secret"), r"\1[REDACTED:aws_secret_key]"),
-    ("jwt", r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}", ("eyj",),
-     "[REDACTED:jwt]"),
-    ("bearer_token", r"(?i)\b((?:bearer|basic)[ \t]+)([A-Za-z0-9._~+/\-]{16,}=*)",
-     ("bearer", "basic"), r"\1[REDACTED:bearer_token]"),
-    # scheme://user:password@host; the user part and the host stay.
-    # The user part cannot hold "[": a marker left by an earlier rule ([REDACTED:kind]) is no user.
-    ("url_password", r"""(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/\s@"'\\\[\]]+:)([^@\s"'\\/\[][^@\s"'\\/]*)(@)""",
-     ("://",), r"\1[REDACTED:url_password]\3"),
-    # NAME=value, name: "value", "name": "value", export NAME='value', --password=value,
-    # config["password"] = "value".
-    # An unquoted value runs to the end of its line (YAML/INI values may hold spaces); whether
-    # it is code (primary_key=True, token = get_token()) is judged on its first word.
-    ("secret",
-     r"(?i)(" + _SECRET_NAME_TAIL + r")\b((?:" + _Q + r"\]?)?" + _SEP + r")"
-     r"""(?:(\\*")([^"\\\r\n]{3,256})(\\*")|(')([^'"\\\r\n]{3,256})(')|([^\s"'\\,;`=][^\s"'\\,;`]{2,}(?:[ \t]+[^\s"'\\,;`]+)*))""",
-     ("password", "passwd", "passphrase", "secret", "token", "credential", "apikey",
-      "accesskey", "privatekey", "_key", "-key", "_pwd", "-pwd", "_pass", "-pass"),
-     None),
-]
-
 # Values after a secret-looking name that are code, not secrets: keywords and type names
 # (``primary_key=True``, ``password: str``), so ordinary source code keeps its meaning.
 _CODE_WORDS = frozenset(
-    "true false none null nil undefined lambda function new await async self this cls "
+    "true false none null nil undefined lambda function fn func new await async self this cls "
     "str string bytes int bool float dict list optional secretstr any object char void "
-    "required default".split()
+    "required default return yield if else not and or is in of typeof const let var final "
+    "readonly static private public protected nullable".split()
+)
+# Plain variable names commonly assigned to secret-named variables (``token = tok``): code.
+_VARIABLE_WORDS = frozenset(
+    "token tok password passwd pwd secret key value val creds credentials auth data result res "
+    "response resp config cfg settings options opts args kwargs params env environ input raw "
+    "text item entry header headers cookie session user payload body".split()
 )
 # Prefixes that make a *_key name a secret even in lower case (api_key, secret_key ...).
 _STRONG_KEY_WORDS = ("api", "secret", "access", "private", "auth", "encrypt", "sign", "master",
-                     "client", "license", "service", "session", "hmac", "jwt", "aws", "stripe")
+                     "client", "license", "service", "session", "hmac", "jwt", "aws", "stripe",
+                     "account", "storage", "consumer", "app", "admin", "deploy", "webhook")
 # Values that only refer to a secret kept elsewhere: ${VAR}, $VAR, %(x)s, <your-key>, ***.
-_REFERENCE_STARTS = ("$", "%", "<", "{", "*", "[REDACTED")
+_REFERENCE_STARTS = ("$", "%", "<", "{", "*", "[REDACTED", "...", "\u2026")
+_PLACEHOLDERS = frozenset(("redacted", "[redacted]", "xxx", "xxxx", "xxxxx", "-"))
 
 
-def _is_code_value(name: str, value: str) -> bool:
+def _text(value) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _looks_random(value: str) -> bool:
+    """True for token-like strings (at least two of lower case, upper case and digits), false
+    for words joined by dashes (``sk-video-processing-library``)."""
+    classes = (any(c.islower() for c in value) + any(c.isupper() for c in value)
+               + any(c.isdigit() for c in value))
+    return classes >= 2
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value.replace("_", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_identifier(part: str) -> bool:
+    return bool(part) and part.isascii() and (part[0].isalpha() or part[0] == "_") \
+        and part.replace("_", "a").isalnum()
+
+
+def _is_code_value(name: str, value: str, sep: str) -> bool:
     """True when an unquoted value is a code expression rather than a literal secret."""
     bare = value.rstrip(")]},:;")
     low = bare.lower()
@@ -103,32 +82,25 @@ def _is_code_value(name: str, value: str) -> bool:
     if low == name.rsplit(".", 1)[-1].lstrip("-").lower():
         return True  # a keyword argument passed through: password=password
     # An identifier (possibly dotted) that is called, indexed or dereferenced:
-    # os.environ["X"], get_token(), self.api_key, settings.SECRET_KEY.
+    # os.environ["X"], get_token(), self.api_key, settings.SECRET_KEY, std::env::var("X").
     head = bare.split("(", 1)[0].split("[", 1)[0]
-    parts = head.split(".")
-    identifiers = all(
-        p and p.isascii() and (p[0].isalpha() or p[0] == "_") and p.replace("_", "a").isalnum()
-        for p in parts
-    )
-    return identifiers and (len(parts) > 1 or len(head) < len(bare))
+    parts = head.replace("::", ".").replace("->", ".").split(".")
+    if not all(_is_identifier(p) for p in parts):
+        return False
+    if len(parts) > 1 or len(head) < len(bare):
+        return True
+    if low in _VARIABLE_WORDS:
+        return True  # token = tok, password = value
+    camel = any(a.islower() and b.isupper() for a, b in zip(head, head[1:]))
+    if camel:
+        return True  # token = authToken, password: SecretStr
+    # A snake_case variable in code (password = db_password); in YAML (":") it is a value.
+    return "=" in sep and "_" in head.strip("_")
 
 
-def _full_name(match) -> str:
-    """The whole assigned name (``DB_PASSWORD``, ``self.api_key``) ending in the matched tail."""
-    text, start = match.string, match.start()
-    i = start
-    if isinstance(text, bytes):
-        while i > 0 and chr(text[i - 1]) in _NAME_CHARS:
-            i -= 1
-        return text[i:start].decode("ascii") + match.group(1).decode("ascii")
-    while i > 0 and text[i - 1] in _NAME_CHARS:
-        i -= 1
-    return text[i:start] + match.group(1)
-
-
-def _keep_assignment(name: str, sep: str, value: str, quoted: bool) -> bool:
-    """Decide whether a ``name <sep> value`` match is code or a reference (kept as it is)."""
-    if value.startswith(_REFERENCE_STARTS):
+def _keep_assignment(name: str, sep: str, value: str, quoted: bool, line_start: bool) -> bool:
+    """Decide whether a ``name <sep> value`` match is code, prose or a reference (kept)."""
+    if value.startswith(_REFERENCE_STARTS) or value.lower() in _PLACEHOLDERS:
         return True  # ${VAR}, $VAR, <your-key>, *** and values already redacted
     upper_name = not any(c.islower() for c in name)
     low_name = name.lower()
@@ -136,31 +108,154 @@ def _keep_assignment(name: str, sep: str, value: str, quoted: bool) -> bool:
         # cache_key, primary_key, sort_key are code; api_key, secret_key are not.
         if not any(word in low_name for word in _STRONG_KEY_WORDS):
             return True
+    if low_name.endswith(("_auth", "-auth", "_pat", "-pat")):
+        # user_auth = basic, file_pat = "*.py" are code; NPM_AUTH=dXNlcjpw... is not.
+        return not (len(value) >= 8 and _looks_random(value))
     if quoted:
         return False
-    value = value.split()[0]
+    words = value.split()
+    first = words[0]
+    if first.lower() in _CODE_WORDS:
+        return True
+    if _is_number(first) and not any(w in low_name for w in ("pass", "pwd", "pin")):
+        return True  # max_token = 4096
+    bare_sep = sep.strip(" \t\"'\\]")
     if sep == "=" and upper_name:
-        # Shell / .env style (NAME=value, no spaces): a literal unless it is a plain keyword.
-        return value.lower() in _CODE_WORDS
-    return _is_code_value(name, value)
+        return False  # shell / .env style (NAME=value, no spaces): a literal
+    if _is_code_value(name, first, bare_sep):
+        return True
+    if not line_start and bare_sep == ":" and first.isalpha() and first.islower():
+        return True  # prose: "the token: expired"
+    return line_start and len(words) > 5  # a sentence after "Token:", not a passphrase
 
 
-def _secret_value(match) -> object:
-    """Callback of the generic ``secret`` rule: redact the value unless it is code or a reference."""
-    as_bytes = isinstance(match.string, bytes)
-    groups = [g.decode("latin-1") if isinstance(g, bytes) else g for g in match.groups()]
-    tail, sep, dq1, dqv, dq2, sq1, sqv, sq2, bare = groups
-    quoted = bare is None
-    value = dqv if dqv is not None else sqv if sqv is not None else bare
-    if _keep_assignment(_full_name(match), sep.strip(" \t\"'\\"), value, quoted):
-        return match.group(0)
-    if dqv is not None:
-        out = f"{tail}{sep}{dq1}[REDACTED:secret]{dq2}"
-    elif sqv is not None:
-        out = f"{tail}{sep}{sq1}[REDACTED:secret]{sq2}"
+def _full_name(match, tail_start: int) -> str:
+    """The whole assigned name (``DB_PASSWORD``, ``self.api_key``) ending at the matched tail.
+    Bounded look-back (64 characters): the cost of a match never depends on what precedes it."""
+    text = match.string
+    i, floor = tail_start, max(0, tail_start - 64)
+    if isinstance(text, bytes):
+        while i > floor and chr(text[i - 1]) in _NAME_CHARS:
+            i -= 1
+        name = text[i:tail_start].decode("ascii")
+        escaped = i > 0 and text[i - 1] == 0x5C
     else:
-        out = f"{tail}{sep}[REDACTED:secret]"
-    return out.encode("latin-1") if as_bytes else out
+        while i > floor and text[i - 1] in _NAME_CHARS:
+            i -= 1
+        name = text[i:tail_start]
+        escaped = i > 0 and text[i - 1] == "\\"
+    if escaped and name[:1] in ("n", "r", "t"):
+        name = name[1:]  # "\nDB_PASSWORD": the n belongs to the escape, not to the name
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Judges: for a rule whose replacement is None, return the name of the group to redact, or
+# None to keep the match as it is.
+
+def _judge_secret(match) -> str | None:
+    groups = match.groupdict()
+    if groups.get("lv") is not None:  # a whole line: name, separator, multi-word value
+        pre = _text(groups["pre"]).strip(" \t")
+        name = pre[1:].strip(" \t") if pre.startswith("-") else pre
+        value, sep = _text(groups["lv"]).rstrip(" \t"), _text(groups["sep"])
+        keep = _keep_assignment(name, sep.strip(" \t"), value, False, True)
+        return None if keep else "lv"
+    for group, quoted in (("dv", True), ("sv", True), ("bv", False)):
+        if groups.get(group) is not None:
+            value = _text(groups[group])
+            if quoted and len(value) < 3:
+                return None
+            name = _full_name(match, match.start("tail")) + _text(groups["tail"])
+            keep = _keep_assignment(name, _text(groups["sep"]), value, quoted, False)
+            return None if keep else group
+    return None
+
+
+def _is_reference(value: str) -> bool:
+    return value.startswith(_REFERENCE_STARTS) or value.lower() in _PLACEHOLDERS
+
+
+def _judge_value(match) -> str | None:
+    """Keep references ($VAR, <key>, already redacted) and keywords; redact literals."""
+    value = _text(match.group("v")).strip("'\"\\")
+    if not value or _is_reference(value) or value.lower() in _CODE_WORDS:
+        return None
+    return "v"
+
+
+def _judge_random(match) -> str | None:
+    value = _text(match.group("v"))
+    return "v" if _looks_random(value) and not _is_reference(value) else None
+
+
+def _judge_url_password(match) -> str | None:
+    value = _text(match.group("v"))
+    head = value.split("/", 1)[0]
+    if _is_reference(value) or (head.isdigit() and (head == value or value[len(head)] == "/")):
+        return None  # a reference, or host:port/path@... (a port, not a password)
+    return "v"
+
+
+def _judge_cli_user(match) -> str | None:
+    value = _text(match.group("v"))
+    if _is_reference(value) or value.isdigit() or value.startswith("("):
+        return None  # -u 1000:1000 (uid:gid), -u "$USER:$PASS"
+    return "v"
+
+
+def _judge_cli_flag(match) -> str | None:
+    value = _text(match.group("v")).strip("'\"\\")
+    if not value or _is_reference(value) or value.startswith(("/", "./", "~", "@")) or value.lower() in (
+            "stdin", "-", "true", "false", "none", "null"):
+        return None  # --password-file style paths, --token @file, --password stdin
+    return "v"
+
+
+def _judge_base64_pem(match) -> str | None:
+    import binascii
+
+    chunk = _text(match.group("v"))[:64]
+    try:
+        head = binascii.a2b_base64(chunk[: len(chunk) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return "v"
+    return "v" if b"PRIVATE KEY" in head else None
+
+
+_JUDGES = {
+    "secret": _judge_secret,
+    "private_key": _judge_base64_pem,
+    "openai_key": _judge_random,
+    "huggingface_token": _judge_random,
+    "authorization_header": _judge_random,
+    "bearer_token": _judge_random,
+    "url_password": _judge_url_password,
+    "xml_secret": _judge_value,
+    "connection_string_password": _judge_value,
+    "netrc_password": _judge_value,
+    "cli_password": _judge_value,
+}
+
+
+def _callback(kind: str, index: int, as_bytes: bool):
+    judge = _JUDGES[kind]
+    if kind == "cli_password":
+        pattern = RULES[index][1]
+        judge = _judge_cli_user if "--proxy-user" in pattern else (
+            _judge_cli_flag if "[_\\-]?key" in pattern else _judge_value)
+    marker = f"[REDACTED:{kind}]".encode() if as_bytes else f"[REDACTED:{kind}]"
+
+    def sub(match):
+        group = judge(match)
+        whole = match.group(0)
+        if group is None:
+            return whole
+        start, end = match.span(group)
+        base = match.start()
+        return whole[:start - base] + marker + whole[end - base:]
+
+    return sub
 
 
 _compiled: dict[tuple[int, bool], tuple] = {}
@@ -176,21 +271,30 @@ def _rule(index: int, as_bytes: bool) -> tuple:
         kind, pattern, _markers, repl = RULES[index]
         rx = re.compile(pattern.encode() if as_bytes else pattern, re.DOTALL | re.ASCII)
         if repl is None:
-            sub = _secret_value
+            sub = _callback(kind, index, as_bytes)
         else:
             sub = repl.encode() if as_bytes else repl
         rule = _compiled[key] = (kind, rx, sub)
     return rule
 
 
+# Marker -> rules it enables, so each distinct marker is searched for once.
+_MARKER_RULES: dict[str, list[int]] = {}
+for _index, (_kind, _pattern, _markers, _repl) in enumerate(RULES):
+    for _marker in _markers:
+        _MARKER_RULES.setdefault(_marker, []).append(_index)
+_MARKERS_STR = tuple(_MARKER_RULES.items())
+_MARKERS_BYTES = tuple((m.encode(), rules) for m, rules in _MARKERS_STR)
+
+
 def rules_needed(low: bytes | str) -> list[int]:
-    """Indexes of the rules whose markers occur in ``low`` (already lower-cased)."""
-    if isinstance(low, bytes):
-        return [i for i, rule in enumerate(_MARKERS_BYTES) if any(m in low for m in rule)]
-    return [i for i, rule in enumerate(RULES) if any(m in low for m in rule[2])]
-
-
-_MARKERS_BYTES = [tuple(m.encode() for m in rule[2]) for rule in RULES]
+    """Indexes of the rules whose markers occur in ``low`` (already lower-cased), in order."""
+    table = _MARKERS_BYTES if isinstance(low, bytes) else _MARKERS_STR
+    needed = set()
+    for marker, rules in table:
+        if marker in low:
+            needed.update(rules)
+    return sorted(needed)
 
 
 def may_contain_secret(data: bytes | str) -> bool:
@@ -200,8 +304,7 @@ def may_contain_secret(data: bytes | str) -> bool:
 
 def redact_bytes(data: bytes) -> bytes:
     """Redact secrets in raw bytes (the hook's payload). Cheap when no marker is present."""
-    needed = rules_needed(data.lower())
-    for index in needed:
+    for index in rules_needed(data.lower()):
         _kind, rx, sub = _rule(index, True)
         data = rx.sub(sub, data)
     return data
