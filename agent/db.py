@@ -119,6 +119,8 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted or rewritten text is zeroed, not left in free pages (purge, re-redaction).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, **_server_options(url))

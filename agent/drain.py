@@ -45,7 +45,7 @@ from ccrl.agent.models import HookEvent, Quarantine
 from ccrl.hooks import inbox as hook_inbox
 from ccrl.hooks import paths
 from ccrl.hooks.handler import REDACTION_FAILED
-from ccrl.hooks.redact import redact_bytes, redact_obj
+from ccrl.agent.deep_redact import redact_bytes, redact_obj
 
 BATCH_ROWS = 500
 BATCH_BYTES = 32 * 1024 * 1024
@@ -256,7 +256,8 @@ def _store_one(conn: Connection, item: _Input, report: DrainReport, seen: set[st
         return
     seen.add(key)
     try:
-        # The hook redacted the raw payload already; this applies today's rules once more.
+        # The hook redacted the raw payload already; this applies today's rules once more,
+        # and detect-secrets' detectors (ccrl.agent.deep_redact) for what those rules miss.
         payload = redact_obj(event)
     except RecursionError:
         payload = event  # nested deeper than this walk goes: the hook's redaction stands
@@ -376,10 +377,7 @@ def _drain_inbox(engine: Engine, inbox_path: Path, report: DrainReport, rows: in
                 # Stored but not deleted: the next drain meets them again as duplicates.
                 deleted_all = False
                 report.errors.append(f"stored {len(ids)} inbox rows but could not delete them: {exc}")
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass  # a checkpoint is housekeeping: the next one catches up
+        truncate_wal(conn)
     except sqlite3.Error as exc:
         report.errors.append(f"cannot read the inbox {inbox_path}: {exc}; its events stay there")
         return
@@ -391,6 +389,19 @@ def _drain_inbox(engine: Engine, inbox_path: Path, report: DrainReport, rows: in
             os.unlink(paths.busy_mark_path(str(inbox_path.parent)))
         except OSError:
             pass
+
+
+def truncate_wal(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database file and truncate it to zero bytes. The WAL still holds
+    every page image written since the last truncation, the rows just deleted included (with
+    whatever a hook's older rules let through): secure_delete zeroes them in the database file,
+    this takes them out of the WAL. True when done; a reader in the way (a hook, a purge) makes
+    it a no-op until the next drain."""
+    try:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
+    except sqlite3.Error:
+        return False  # housekeeping: the next drain catches up
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +457,30 @@ def _read_spool_file(path: Path) -> bytes:
         os.close(fd)
 
 
+def erase_file(path: Path) -> None:
+    """Overwrite a regular file's bytes with zeros, then delete it: a drained spool file may hold
+    what the hook's rules missed, and an unlinked file's blocks keep it until reused. (A
+    copy-on-write or log-structured file system may still keep old blocks; the data directory
+    on such a file system is as private as its mode.) Raises FileNotFoundError when it is gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        os.unlink(path)  # not writable (or a link): deleting is all that can be done
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            left = os.fstat(fd).st_size
+            zeros = bytes(min(left, 1 << 20))
+            while left > 0:
+                left -= os.write(fd, zeros[:left])
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+
+
 def _drain_spool(engine: Engine, dirs: list[Path], report: DrainReport, rows: int, size: int) -> None:
     entries: list[tuple[float, Path, bool]] = []
     for directory in dict.fromkeys(dirs):  # the same directory named twice is read once
@@ -461,7 +496,7 @@ def _drain_spool(engine: Engine, dirs: list[Path], report: DrainReport, rows: in
         _store_batch(engine, batch, report)
         for item in batch:
             try:
-                os.unlink(item.ref)  # type: ignore[arg-type]
+                erase_file(item.ref)  # type: ignore[arg-type]
             except FileNotFoundError:
                 pass  # another drain took it: stored once all the same
             except OSError as exc:

@@ -69,7 +69,7 @@ from ccrl.agent.transcript import (
     subagent_files,
 )
 from ccrl.hooks.capture import ignored_path
-from ccrl.hooks.redact import redact_bytes
+from ccrl.agent.deep_redact import redact_bytes
 
 # How far apart a hook's prompt and the transcript's may be and still be one turn.
 PROMPT_MATCH_WINDOW = timedelta(minutes=10)

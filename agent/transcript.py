@@ -2,7 +2,7 @@
 
 A *turn* is one user prompt followed by Claude's work on it: thinking and text blocks, tool
 calls and their results, and the final answer. This module only parses; it never touches the
-store. Everything it returns is already redacted (``ccrl.hooks.redact``) and tool outputs are
+store. Everything it returns is already redacted (``ccrl.agent.deep_redact``) and tool outputs are
 truncated, so callers can store it as is.
 
 Transcript facts this parser relies on (see ../shared/docs/claude-code.md):
@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from ccrl.hooks.redact import redact_obj, redact_text
+from ccrl.agent.deep_redact import redact_obj, redact_text
 
 SUBAGENT_TOOLS = ("Task", "Agent")
 TRUNCATION_MARKER = "\n[ccrl: truncated {omitted} of {total} characters]"

@@ -230,6 +230,9 @@ def connect(path: str, timeout: float = 5.0):
 
     conn = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout, isolation_level=None)
     conn.execute("PRAGMA synchronous=NORMAL")
+    # A deleted row's bytes are zeroed, not left in free pages: an event that still held a
+    # secret the hook's rules missed must not outlive the row that the drain deletes.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -244,6 +247,7 @@ def ensure_inbox(path: str) -> None:
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     finally:

@@ -1,0 +1,171 @@
+"""Ingest-time redaction: the hook's rules, then a second pass with detect-secrets' detectors.
+
+The hook must stay fast and standard-library only, so its rules (``ccrl.hooks.redact``) cover
+the common formats. Everything that reaches the store goes through here as well, where a
+well-kept library adds what those rules miss (SendGrid, npm, GitLab, PyPI, Azure storage keys,
+Twilio, Discord, Telegram, Mailchimp, Square, IBM, Artifactory, Cloudant, Softlayer ...). Each
+finding becomes ``[REDACTED:<detect-secrets type in snake case>]``.
+
+The detectors used are detect-secrets' format detectors (``PLUGINS``). Left out, on purpose:
+the keyword and the Base64/hex high-entropy detectors (they fire on ordinary code: identifiers,
+hashes, UUIDs), the public-IP detector (an address is no secret), the private-key detector
+(it finds only the BEGIN line; the hook's rule removes whole blocks) and the JWT detector (the
+hook's rule covers JWTs, and the plugin's pattern is quadratic on a run of ``eyJ``).
+
+Cost bound: a line longer than ``MAX_CHUNK`` characters is scanned in pieces of at most that
+length, cut at whitespace or punctuation where there is any, so no input makes a detector's
+pattern cost more than a piece's length squared (benchmarks/ingest_redaction.py measures it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from ccrl.hooks import redact as hook_rules
+
+PLUGINS = (
+    "ArtifactoryDetector", "AWSKeyDetector", "AzureStorageKeyDetector", "BasicAuthDetector",
+    "CloudantDetector", "DiscordBotTokenDetector", "GitHubTokenDetector", "GitLabTokenDetector",
+    "IbmCloudIamDetector", "IbmCosHmacDetector", "MailchimpDetector", "NpmDetector",
+    "OpenAIDetector", "PypiTokenDetector", "SendGridDetector", "SlackDetector",
+    "SoftlayerDetector", "SquareOAuthDetector", "StripeDetector", "TelegramBotTokenDetector",
+    "TwilioKeyDetector",
+)
+MAX_CHUNK = 8192
+# A found value shorter than this is replaced only where it was found, never elsewhere.
+_MIN_VALUE = 12
+_DELIMITERS = " \t\r\n\"'=:"
+_CUT = re.compile(r"[\s,;\"'`<>(){}\[\]]")
+
+
+@lru_cache(maxsize=1)
+def _detectors() -> tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]:
+    """``(marker kind, compiled patterns)`` per detector (imported once, on first use)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+    by_name = {cls.__name__: cls for cls in get_mapping_from_secret_type_to_class().values()}
+    found = []
+    for name in PLUGINS:
+        cls = by_name[name]
+        kind = re.sub(r"[^a-z0-9]+", "_", cls.secret_type.lower()).strip("_")
+        found.append((kind, tuple(cls.denylist)))
+    return tuple(found)
+
+
+@lru_cache(maxsize=1)
+def _filters() -> tuple[Any, ...]:
+    from detect_secrets.filters import heuristic
+
+    return (heuristic.is_sequential_string, heuristic.is_potential_uuid,
+            heuristic.is_templated_secret, heuristic.is_not_alphanumeric_string)
+
+
+def fingerprint() -> str:
+    """What this pass is: the library's version and the detectors used (for re-redaction)."""
+    from importlib.metadata import version
+
+    return f"detect-secrets {version('detect-secrets')}: {','.join(PLUGINS)}; chunk {MAX_CHUNK}"
+
+
+def _chunks(text: str) -> Iterator[tuple[int, str]]:
+    """``(offset, piece)`` covering ``text``: whole lines, long lines cut into pieces of at most
+    ``MAX_CHUNK`` characters, at the last whitespace or punctuation before the limit."""
+    start = 0
+    n = len(text)
+    while start < n:
+        end = text.find("\n", start, start + MAX_CHUNK + 1)
+        if end < 0:
+            end = min(n, start + MAX_CHUNK)
+            if end < n:
+                window = text[start + MAX_CHUNK // 2:end]
+                cuts = [m.end() for m in _CUT.finditer(window)]
+                if cuts:
+                    end = start + MAX_CHUNK // 2 + cuts[-1]
+        else:
+            end += 1
+        yield start, text[start:end]
+        start = end
+
+
+def _findings(piece: str) -> Iterator[tuple[int, int, str]]:
+    """``(start, end, kind)`` of each secret the detectors find in ``piece``."""
+    filters = _filters()
+    for kind, patterns in _detectors():
+        for pattern in patterns:
+            for m in pattern.finditer(piece):
+                # The secret is the pattern's longest group when context precedes it (aws ...
+                # secret = "<group>", ://user:<group>@), else the whole match (a group at the
+                # match's start only names a prefix: (glpat|gldt)-...).
+                group = max(range(1, m.re.groups + 1), default=0, key=lambda i: len(m.group(i) or ""))
+                if group and (not m.group(group) or m.start(group) == m.start()):
+                    group = 0
+                start, end = m.span(group)
+                if group == 0:  # some patterns take the delimiters around the token along
+                    value = m.group(0)
+                    start += len(value) - len(value.lstrip(_DELIMITERS))
+                    end -= len(value) - len(value.rstrip(_DELIMITERS))
+                value = piece[start:end]
+                if not value or "REDACTED" in value or any(f(value) for f in filters):
+                    continue
+                yield start, end, kind
+
+
+def redact_text(text: str) -> str:
+    """The hook's rules, then the detectors, on one text value."""
+    if not text:
+        return text
+    return detector_pass(hook_rules.redact_text(text))
+
+
+def detector_pass(text: str) -> str:
+    """The second pass alone: each secret detect-secrets' detectors find becomes a marker."""
+    spans: list[tuple[int, int, str]] = []
+    for offset, piece in _chunks(text):
+        spans.extend((offset + a, offset + b, kind) for a, b, kind in _findings(piece))
+    if not spans:
+        return text
+    # Longest first at equal starts; a span inside one kept is dropped.
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    out, at = [], 0
+    values = set()
+    for start, end, kind in spans:
+        if start < at:
+            continue
+        out.append(text[at:start])
+        out.append(f"[REDACTED:{kind}]")
+        if end - start >= _MIN_VALUE:
+            values.add((text[start:end], kind))
+        at = end
+    out.append(text[at:])
+    text = "".join(out)
+    # The same secret elsewhere in the text (where the detector's context did not match).
+    for value, kind in values:
+        if value in text:
+            text = text.replace(value, f"[REDACTED:{kind}]")
+    return text
+
+
+def redact_obj(obj: Any) -> Any:
+    """Redact every string inside a JSON-like value (dict keys kept as they are)."""
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, dict):
+        return {k: redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_obj(v) for v in obj]
+    return obj
+
+
+def redact_bytes(data: bytes) -> bytes:
+    """Raw bytes (an inbox row, a quarantined line): the hook's rules, then the detectors on its
+    text when it is UTF-8 (bytes that are not are left to the hook's rules)."""
+    data = hook_rules.redact_bytes(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    redacted = redact_text(text)
+    return data if redacted == text else redacted.encode("utf-8")
