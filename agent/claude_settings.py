@@ -7,31 +7,30 @@ Claude Code reads hooks from ``~/.claude/settings.json`` (user), ``<project>/.cl
                                                             "timeout": 10}]}]}}
 
 Everything else in those files belongs to the user (permissions, env, statusLine, their own
-hooks) and must come out of an install or uninstall unchanged in meaning. So the merge works on
-the parsed JSON, touches only entries whose command is ccrl's hook, and writes atomically
-(temp file in the same directory, fsync, rename) after keeping a backup. A file that is not
-valid JSON, or whose ``hooks`` has a shape we do not understand, is refused untouched: guessing
-there could drop a user's hooks.
+hooks, unknown keys) and must come out of an install or uninstall unchanged. So the merge works
+on the parsed JSON (``settings_json``: numbers keep their text), touches only entries ccrl
+wrote, and writes atomically (temp file in the same directory, fsync, rename) after keeping a
+backup. A file that is not plain JSON, or whose ``hooks`` has a shape we do not understand, is
+refused untouched: guessing there could drop a user's hooks.
 
-ccrl's own entries are recognised by what their command runs (ccrl's ``hooks/capture.py``,
-the ``ccrl.hooks.capture`` module or the ``ccrl-hook`` script; see ``is_ccrl_command``), not by
-equality with today's command, so a re-install after the virtual environment moved, or with
-another ``CCRL_HOME``, replaces the old entry instead of adding one.
+ccrl's own entries are those whose command is exactly one ccrl writes or wrote
+(``ccrl.hooks.command.parse``), for any interpreter, checkout or ``CCRL_HOME``: a re-install
+after the virtual environment moved, or an upgrade from the legacy form, replaces the old
+entry instead of adding one, and a user's command is never taken for ccrl's.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import re
-import shlex
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from ccrl.agent.settings_json import SettingsFileError, kind, parse_settings, render
+from ccrl.hooks import command as hook_commands
 
 SCOPES = ("user", "project", "local")
 
@@ -61,14 +60,6 @@ HOOK_TIMEOUT_S = 10
 
 BACKUP_SUFFIX = ".ccrl-backup-"
 _TEMP_SUFFIX = ".ccrl-tmp"
-# Forms of ccrl's hook besides the script path (see is_ccrl_command).
-_CCRL_MODULE = re.compile(r"(?<![\w.])ccrl\.hooks\.capture(?![\w])")
-_CCRL_FILE = re.compile(r"(^|/)ccrl/hooks/capture\.py$")
-_ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-
-
-class SettingsFileError(Exception):
-    """A settings file ccrl must not change: unreadable, not JSON, or an unexpected shape."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,66 +96,10 @@ def hooks_block(command: str) -> dict[str, Any]:
     return {"hooks": {event: [_new_group(event, command)] for event in HOOK_EVENTS}}
 
 
-def _split(command: str) -> list[str]:
-    try:
-        return shlex.split(command)
-    except ValueError:
-        return command.split()
-
-
-def _leading_program(tokens: list[str]) -> list[str]:
-    """The tokens from the program on: drops ``VAR=value`` prefixes, ``env`` and ``exec``."""
-    for i, token in enumerate(tokens):
-        if not (_ENV_ASSIGNMENT.match(token) or token in ("env", "exec")):
-            return tokens[i:]
-    return []
-
-
-def hook_script(command: str) -> str | None:
-    """The script of a ``<python> [-flags…] <dir>/hooks/capture.py`` command, else None.
-
-    That is how ``hook_command`` writes ccrl's hook: the file by absolute path, so the hook
-    starts without ``site`` and works without the venv on PATH.
-    """
-    args = _leading_program(_split(command))
-    if len(args) < 2 or not os.path.basename(args[0]).startswith("python"):
-        return None
-    *flags, script = args[1:]
-    if not all(flag.startswith("-") for flag in flags):
-        return None
-    if os.path.basename(script) != "capture.py" or os.path.basename(os.path.dirname(script)) != "hooks":
-        return None
-    return script
-
-
-def _is_ccrl_script(script: str) -> bool:
-    """Whether a ``…/hooks/capture.py`` is ccrl's. A file that exists must name ccrl (its
-    docstring introduces ``ccrl-hook``; a user's own ``~/.claude/hooks/capture.py`` does not);
-    one that is gone is taken for ccrl's old copy (a moved venv or checkout), which a
-    re-install must replace."""
-    try:
-        with open(script, "rb") as handle:
-            return b"ccrl" in handle.read(1 << 16).lower()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
 def is_ccrl_command(command: str) -> bool:
-    """True when a hook command runs ccrl's capture hook, whatever interpreter or CCRL_HOME.
-
-    Recognised forms: ``<python> [-flags] <dir>/hooks/capture.py`` (see ``hook_script``),
-    ``-m ccrl.hooks.capture`` or ``-c "…ccrl.hooks.capture…"``, a path ending in
-    ``ccrl/hooks/capture.py``, and the ``ccrl-hook`` console script.
-    """
-    for token in _split(command):
-        if _CCRL_MODULE.search(token) or _CCRL_FILE.search(token):
-            return True
-        if os.path.basename(token) == "ccrl-hook":
-            return True
-    script = hook_script(command)
-    return script is not None and _is_ccrl_script(script)
+    """True when ``command`` is exactly a command ccrl writes or wrote (see
+    ``ccrl.hooks.command.parse``), whatever interpreter, checkout or CCRL_HOME it names."""
+    return hook_commands.is_ccrl_command(command)
 
 
 def is_ccrl_hook(hook: Any) -> bool:
@@ -178,84 +113,46 @@ def is_ccrl_hook(hook: Any) -> bool:
 
 
 def command_program(command: str) -> str | None:
-    """The program a hook command starts (after ``VAR=value`` prefixes, ``env`` and ``exec``)."""
-    args = _leading_program(_split(command))
-    return args[0] if args else None
+    """The interpreter a ccrl hook command runs (None for any other command)."""
+    parsed = hook_commands.parse(command)
+    return parsed.python if parsed else None
 
 
 def program_exists(program: str | None) -> bool:
-    """True when ``program`` is an executable file (looked up on PATH when not a path)."""
-    if not program:
-        return False
-    if os.sep in program:
-        return os.path.isfile(program) and os.access(program, os.X_OK)
-    return shutil.which(program) is not None
+    """True when ``program`` is an executable file."""
+    return bool(program) and os.path.isfile(program) and os.access(program, os.X_OK)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading and checking
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_settings(raw: bytes, path: Path) -> dict[str, Any]:
-    """Parse a settings file's bytes. An empty file counts as ``{}`` (nothing to keep)."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SettingsFileError(f"{path} is not UTF-8 text ({exc}); fix or move it, then retry.") from exc
-    if not text.strip():
-        return {}
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise SettingsFileError(
-            f"{path} is not valid JSON ({exc}). Nothing was changed; fix the file (or move it "
-            "away) and run the command again."
-        ) from exc
-    if not isinstance(data, dict):
-        raise SettingsFileError(
-            f"{path} holds a JSON {type(data).__name__}, not an object. Nothing was changed."
-        )
-    return data
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def check_hooks_shape(settings: dict[str, Any], path: Path, events: tuple[str, ...] | None = None) -> None:
-    """Raise SettingsFileError unless ``hooks`` (and the given events, default all) have the
-    documented shape: ``{event: [{"matcher"?: str, "hooks": [{…}, …]}, …]}``."""
-    hooks = settings.get("hooks")
-    if hooks is None:
+def check_hooks_shape(settings: dict[str, Any], path: Path) -> None:
+    """Raise SettingsFileError unless ``hooks`` has the documented shape in every event:
+    ``{event: [{"matcher"?: …, "hooks": [{…}, …]}, …]}``. Unknown keys at any level are fine
+    (kept as they are); a ``null`` where a container belongs is not (Claude Code rejects it)."""
+    if "hooks" not in settings:
         return
+    hooks = settings["hooks"]
     if not isinstance(hooks, dict):
-        raise SettingsFileError(f'{path}: "hooks" is {_kind(hooks)}, expected an object. Nothing was changed.')
-    for event in events if events is not None else tuple(hooks):
-        groups = hooks.get(event)
-        if groups is None:
-            continue
+        raise SettingsFileError(f'{path}: "hooks" is {kind(hooks)}, expected an object. Nothing was changed.')
+    for event, groups in hooks.items():
         where = f'{path}: hooks.{event}'
         if not isinstance(groups, list):
-            raise SettingsFileError(f"{where} is {_kind(groups)}, expected a list. Nothing was changed.")
+            raise SettingsFileError(f"{where} is {kind(groups)}, expected a list. Nothing was changed.")
         for i, group in enumerate(groups):
             if not isinstance(group, dict):
-                raise SettingsFileError(f"{where}[{i}] is {_kind(group)}, expected an object. Nothing was changed.")
+                raise SettingsFileError(f"{where}[{i}] is {kind(group)}, expected an object. Nothing was changed.")
             inner = group.get("hooks")
             if not isinstance(inner, list):
                 raise SettingsFileError(
-                    f'{where}[{i}].hooks is {_kind(inner) if inner is not None else "missing"}, '
+                    f'{where}[{i}].hooks is {kind(inner) if "hooks" in group else "missing"}, '
                     "expected a list. Nothing was changed."
                 )
             for j, hook in enumerate(inner):
                 if not isinstance(hook, dict):
                     raise SettingsFileError(
-                        f"{where}[{i}].hooks[{j}] is {_kind(hook)}, expected an object. Nothing was changed."
+                        f"{where}[{i}].hooks[{j}] is {kind(hook)}, expected an object. Nothing was changed."
                     )
 
 
@@ -274,8 +171,8 @@ def _is_ccrl_group(group: dict[str, Any], event: str) -> bool:
 def with_ccrl_hooks(settings: dict[str, Any], command: str) -> dict[str, Any]:
     """A copy of ``settings`` with ccrl's hook registered for every event, exactly once.
 
-    An existing ccrl entry in a group with ccrl's matcher is replaced where it stands (so a
-    re-install changes one string); ccrl entries anywhere else are removed; groups that only
+    An existing ccrl entry in a group with ccrl's matcher gets the new command where it stands
+    (a re-install changes one string, the entry's other keys stay); ccrl entries anywhere else are removed; groups that only
     held a ccrl entry go with it; if no entry was replaced, a new group is appended. Other
     hooks, groups and settings keep their values and order.
     """
@@ -292,7 +189,8 @@ def with_ccrl_hooks(settings: dict[str, Any], command: str) -> dict[str, Any]:
                 if not is_ccrl_hook(hook):
                     after.append(hook)
                 elif not placed and _is_ccrl_group(group, event):
-                    after.append(hook_entry(command))
+                    # Only the command changes: a timeout (or any key) the user set stays.
+                    after.append({**hook, "command": command})
                     placed = True
             if before and not after:
                 continue  # the group held only ccrl entries that moved elsewhere
@@ -356,20 +254,6 @@ def ccrl_commands(settings: dict[str, Any]) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Files: atomic writes, backups
-
-
-def _indent_of(raw: bytes | None) -> str | int:
-    """The indentation the file already uses (so a merge does not reformat it), default 2."""
-    if raw:
-        match = re.match(rb'\s*\{\s*?\n([ \t]+)"', raw)
-        if match:
-            return match.group(1).decode()
-    return 2
-
-
-def render(settings: dict[str, Any], previous: bytes | None = None) -> bytes:
-    """Settings as the bytes ccrl writes: the file's own indentation, UTF-8, final newline."""
-    return (json.dumps(settings, indent=_indent_of(previous), ensure_ascii=False) + "\n").encode()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -454,7 +338,6 @@ def update_settings_file(
     path: Path,
     transform: Callable[[dict[str, Any]], dict[str, Any]],
     create: bool,
-    check_events: tuple[str, ...] | None = None,
 ) -> Change:
     """Apply ``transform`` to the settings in ``path`` and write the result if it differs.
 
@@ -467,7 +350,7 @@ def update_settings_file(
     for _ in range(5):
         raw, stat = _read(path)
         settings = parse_settings(raw, path) if raw is not None else {}
-        check_hooks_shape(settings, path, check_events)
+        check_hooks_shape(settings, path)
         new = transform(settings)
         if raw is not None and new == settings:
             return Change(path=path, changed=False)
@@ -493,12 +376,15 @@ def update_settings_file(
 
 def install(path: Path, command: str) -> Change:
     """Register ``command`` as ccrl's hook for every event in the settings file ``path``."""
-    return update_settings_file(path, lambda s: with_ccrl_hooks(s, command), create=True, check_events=HOOK_EVENTS)
+    if not is_ccrl_command(command):
+        # It could never be recognised again: a second install would add it twice.
+        raise ValueError(f"not a command ccrl writes: {command!r} (use ccrl.hooks.command.hook_command)")
+    return update_settings_file(path, lambda s: with_ccrl_hooks(s, command), create=True)
 
 
 def uninstall(path: Path) -> Change:
     """Remove ccrl's hook entries (only those) from the settings file ``path``."""
-    return update_settings_file(path, without_ccrl_hooks, create=False, check_events=())
+    return update_settings_file(path, without_ccrl_hooks, create=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,6 +410,11 @@ class ScopeStatus:
     commands: list[str] = field(default_factory=list)
     interpreters: list[Interpreter] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    # Where those commands send events: their CCRL_HOME; None for a legacy command without one
+    # (the hook then used whatever data directory Claude Code's environment gave it).
+    homes: list[str | None] = field(default_factory=list)
+    # Some entries still have the legacy form, which blocks Claude Code once its files are gone.
+    legacy: bool = False
     runnable: bool = False
     up_to_date: bool = False
     hooks_disabled: bool = False
@@ -542,6 +433,7 @@ def scope_status(scope: str, path: Path, expected_command: str | None = None) ->
     try:
         raw, _ = _read(path)
         settings = parse_settings(raw, path) if raw is not None else {}
+        check_hooks_shape(settings, path)
     except SettingsFileError as exc:
         status.error = str(exc)
         return status
@@ -550,9 +442,12 @@ def scope_status(scope: str, path: Path, expected_command: str | None = None) ->
     status.missing_events = [event for event in HOOK_EVENTS if event not in found]
     status.installed = not status.missing_events
     status.commands = sorted({cmd for cmds in found.values() for cmd in cmds})
-    programs = sorted({command_program(cmd) or "" for cmd in status.commands})
-    status.interpreters = [Interpreter(path=p or None, exists=program_exists(p)) for p in programs]
-    scripts = sorted({script for cmd in status.commands if (script := hook_script(cmd))})
+    parsed = [p for cmd in status.commands if (p := hook_commands.parse(cmd))]
+    programs = sorted({p.python for p in parsed})
+    status.interpreters = [Interpreter(path=p, exists=program_exists(p)) for p in programs]
+    scripts = sorted({p.script for p in parsed})
+    status.homes = sorted({p.home for p in parsed}, key=lambda home: (home is not None, home or ""))
+    status.legacy = any(p.legacy for p in parsed)
     status.missing_files = [i.path or "" for i in status.interpreters if not i.exists]
     status.missing_files += [script for script in scripts if not os.path.isfile(script)]
     status.runnable = bool(status.commands) and not status.missing_files

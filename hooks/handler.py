@@ -5,7 +5,6 @@ docstring), and this module holds the code so that it is loaded from cached byte
 """
 
 import os
-import sys
 import time
 
 if __package__:
@@ -138,26 +137,6 @@ def capture(payload: bytes, home: str | None = None, keep_open: bool = False,
         return "inbox"
     except Exception:
         return "spool" if inbox.spool(home, received_at, payload) else "lost"
-
-
-def hook_command(home: str | None = None) -> str:
-    """The exact shell command ``ccrl hooks install`` writes into Claude Code's settings.
-
-    ``<python> -S -E <abs>/hooks/capture.py``: the absolute interpreter running ccrl (works
-    without the venv on PATH, from any directory), without ``site`` (fastest start) and
-    without ``PYTHON*`` variables (no PYTHONPATH can shadow a module). ``CCRL_HOME=<abs>`` is
-    prefixed unless ``home`` is the fixed default ``~/.local/share/ccrl``, so the hook never
-    depends on what Claude Code's environment holds. ``home`` defaults to the data directory
-    in effect (``CCRL_HOME``, else XDG).
-    """
-    import shlex
-
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "capture.py")
-    command = f"{shlex.quote(os.path.abspath(sys.executable))} -S -E {shlex.quote(script)}"
-    home = os.path.abspath(os.path.expanduser(home)) if home else paths.data_home()
-    if home != os.path.join(os.path.expanduser("~"), ".local", "share", "ccrl"):
-        command = f"CCRL_HOME={shlex.quote(home)} {command}"
-    return command
 
 
 def main() -> None:

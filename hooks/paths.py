@@ -1,7 +1,7 @@
 """Where ccrl keeps its data. Standard library only: the hook imports this on its hot path.
 
 The hook learns the data directory from its environment alone (``CCRL_HOME``, else the XDG
-default); it never parses a config file. ``ccrl hooks install`` writes a non-default
+default); it never parses a config file. ``ccrl hooks install`` always writes the absolute
 ``CCRL_HOME`` into the hook command itself, so hook and agent always agree.
 """
 

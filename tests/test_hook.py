@@ -89,23 +89,22 @@ def test_the_installed_command_works_from_anywhere_with_an_empty_path(home, tmp_
 
 
 def test_hook_command_form(home, tmp_path, monkeypatch):
-    command = hook_command(str(home))
-    args = shlex.split(command)
-    assert args[0] == f"CCRL_HOME={home}"
-    assert args[1] == os.path.abspath(sys.executable) and os.path.isabs(args[1])
-    assert args[2:4] == ["-S", "-E"]
-    assert args[4] == str(REPO / "hooks" / "capture.py") and Path(args[4]).is_file()
+    from ccrl.hooks.command import parse
+
+    parsed = parse(hook_command(str(home)))
+    assert parsed.home == str(home)
+    assert parsed.python == os.path.abspath(sys.executable) and os.path.isabs(parsed.python)
+    assert parsed.script == str(REPO / "hooks" / "capture.py") and Path(parsed.script).is_file()
     # A home with spaces and quotes survives the shell.
     odd = tmp_path / "it's my data"
-    assert shlex.split(hook_command(str(odd)))[0] == f"CCRL_HOME={odd}"
-    # The fixed default needs no CCRL_HOME; anything else (even via XDG_DATA_HOME) gets one.
+    assert parse(hook_command(str(odd))).home == str(odd)
+    # CCRL_HOME is always pinned, also to the default and to a home found through XDG_DATA_HOME.
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.delenv("CCRL_HOME")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    assert not hook_command().startswith("CCRL_HOME=")
-    assert hook_command() == hook_command(str(tmp_path / "user" / ".local" / "share" / "ccrl"))
+    assert parse(hook_command()).home == str(tmp_path / "user" / ".local" / "share" / "ccrl")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
-    assert shlex.split(hook_command())[0] == f"CCRL_HOME={tmp_path / 'xdg-data' / 'ccrl'}"
+    assert parse(hook_command()).home == str(tmp_path / "xdg-data" / "ccrl")
 
 
 def test_the_console_script_is_the_same_hook(home):
@@ -123,7 +122,7 @@ def test_the_console_script_is_the_same_hook(home):
 def test_ccrl_disable_stores_nothing_anywhere(home, tmp_path):
     ensure_local_stores()
     for value in ("1", "true", "YES"):
-        run_hook(event(), f"CCRL_DISABLE={value} {hook_command()}")
+        run_hook(event(), f"export CCRL_DISABLE={value}; {hook_command()}")
     report = drain()
     assert report.read == 0 and stored_events() == [] and stored_quarantine() == []
     assert files_under(*(Path(d) for d in paths.spool_dirs())) == []
@@ -250,9 +249,9 @@ def test_stdin_as_a_non_blocking_socket_arriving_in_pieces(home):
 
 def test_closed_or_empty_stdin_and_closed_stdout(home):
     ensure_local_stores()
-    run_hook(b"", f"{hook_command()} <&-")  # stdin closed altogether
+    run_hook(b"", f"{{ {hook_command()}; }} <&-")  # stdin closed altogether
     run_hook(b"")  # stdin empty
-    run_hook(event(tool_use_id="no-stdout"), f"{hook_command()} >&- 2>&-")
+    run_hook(event(tool_use_id="no-stdout"), f"{{ {hook_command()}; }} >&- 2>&-")
     report = drain()
     assert (report.stored, report.quarantined) == (1, 2)
     assert {q.reason for q in stored_quarantine()} == {"empty: the hook received nothing on stdin"}

@@ -2,6 +2,8 @@
 
 The expected results are built here by hand from the original file (never with the merge code
 under test): install = the original plus one ccrl group per event; uninstall = the original.
+The user's entries, keys and number spellings come back exactly; files ccrl cannot read
+safely are refused and left byte for byte as they were.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 from ccrl.agent import claude_settings
 from ccrl.agent.claude_settings import HOOK_EVENTS, SettingsFileError
 from ccrl.agent.cli import app
+from ccrl.hooks import command as hook_commands
 
 from conftest import HOOK_PAYLOADS, REPO
 
@@ -28,7 +33,10 @@ EVENTS = [
     "SubagentStart", "SubagentStop", "SessionStart", "SessionEnd", "PreCompact",
 ]
 TOOL_EVENTS = {"PreToolUse", "PostToolUse", "PostToolUseFailure"}
-OLD_COMMAND = "/old/place/.venv/bin/python -m ccrl.hooks.capture"
+# ccrl's command for an installation elsewhere (another venv, checkout and data dir) ...
+COMMAND = hook_commands.render("/opt/ccrl/.venv/bin/python", "/opt/ccrl/hooks/capture.py", "/home/u/.local/share/ccrl")
+# ... and what an earlier ccrl version wrote for one that has been moved away since.
+OLD_COMMAND = hook_commands.render_legacy("/old/place/.venv/bin/python", "/old/place/hooks/capture.py", "/old/data")
 
 # A settings file as people really have them: permissions, env, a status line, their own hooks
 # in ccrl's events (a Bash guard, a formatter on edits, an async "*" audit hook), other events.
@@ -119,7 +127,7 @@ def test_event_list_is_the_documented_one():
 def test_install_keeps_everything_else_and_adds_one_group_per_event(tmp_path):
     path = tmp_path / ".claude" / "settings.json"
     original_bytes = write(path, REALISTIC, mode=0o640)
-    command = "/opt/ccrl/.venv/bin/python -m ccrl.hooks.capture"
+    command = COMMAND
 
     change = claude_settings.install(path, command)
 
@@ -139,7 +147,7 @@ def test_install_keeps_everything_else_and_adds_one_group_per_event(tmp_path):
 def test_install_twice_is_install_once(tmp_path):
     path = tmp_path / "settings.json"
     write(path, REALISTIC)
-    command = "/opt/ccrl/.venv/bin/python -m ccrl.hooks.capture"
+    command = COMMAND
     claude_settings.install(path, command)
     first = path.read_bytes()
 
@@ -153,7 +161,7 @@ def test_install_twice_is_install_once(tmp_path):
 def test_reinstall_after_the_venv_moved_replaces_ccrl_entries(tmp_path):
     path = tmp_path / "settings.json"
     write(path, expected_after_install(REALISTIC, OLD_COMMAND))
-    new_command = "CCRL_HOME=/data/ccrl /new/place/.venv/bin/python -m ccrl.hooks.capture"
+    new_command = hook_commands.render("/new/place/.venv/bin/python", "/new/place/hooks/capture.py", "/data/ccrl")
 
     change = claude_settings.install(path, new_command)
 
@@ -163,12 +171,13 @@ def test_reinstall_after_the_venv_moved_replaces_ccrl_entries(tmp_path):
 
 def test_ccrl_entry_shared_with_another_command_is_replaced_in_place(tmp_path):
     """Someone added ccrl's command by hand to their own '*' group: the group and its other
-    command stay, ccrl's entry is updated where it is, no second ccrl entry appears."""
+    command stay, ccrl's entry gets the new command where it is (keeping the timeout they
+    chose), no second ccrl entry appears."""
     original = copy.deepcopy(REALISTIC)
     original["hooks"]["PostToolUse"][1]["hooks"].append({"type": "command", "command": OLD_COMMAND, "timeout": 30})
     path = tmp_path / "settings.json"
     write(path, original)
-    command = "/opt/ccrl/.venv/bin/python -m ccrl.hooks.capture"
+    command = COMMAND
 
     claude_settings.install(path, command)
 
@@ -177,7 +186,7 @@ def test_ccrl_entry_shared_with_another_command_is_replaced_in_place(tmp_path):
         REALISTIC["hooks"]["PostToolUse"][0],
         {"matcher": "*", "hooks": [
             {"type": "command", "command": "/usr/local/bin/audit-log --json", "async": True},
-            {"type": "command", "command": command, "timeout": 10},
+            {"type": "command", "command": command, "timeout": 30},
         ]},
     ]
     expected = expected_after_install(REALISTIC, command)
@@ -213,62 +222,250 @@ def test_uninstall_drops_containers_it_emptied_only(tmp_path):
 
     # An empty group that was there before stays: ccrl did not empty it.
     kept = {"hooks": {"Stop": [{"hooks": []}], "PreToolUse": [{"matcher": "Bash", "hooks": [
-        {"type": "command", "command": "guard"}, {"type": "command", "command": "ccrl-hook"}]}]}}
+        {"type": "command", "command": "guard"}, {"type": "command", "command": OLD_COMMAND}]}]}}
     write(path, kept)
     claude_settings.uninstall(path)
     assert json.loads(path.read_text()) == {"hooks": {"Stop": [{"hooks": []}], "PreToolUse": [
         {"matcher": "Bash", "hooks": [{"type": "command", "command": "guard"}]}]}}
 
 
-def test_recognises_ccrl_commands_in_their_forms(tmp_path):
+def test_recognises_only_the_commands_ccrl_wrote(tmp_path):
     from ccrl.hooks import capture
 
     users_own = tmp_path / ".claude" / "hooks" / "capture.py"  # a user's hook with the same name
     users_own.parent.mkdir(parents=True)
     users_own.write_text("import json, sys\nprint(json.load(sys.stdin))\n")
+    odd = str(tmp_path / "it's \"odd\" $HOME")
     yes = [
         capture.hook_command(str(tmp_path / "data")),  # today's command, exactly as installed
-        f"/usr/bin/python3 -S -E {capture.__file__}",
-        "CCRL_HOME=/x /gone/venv/bin/python3 -S -E /gone/checkout/hooks/capture.py",  # moved away
-        "/home/u/.venv/bin/python -m ccrl.hooks.capture",
-        "CCRL_HOME='/data/my ccrl' /usr/bin/python3 -I -m ccrl.hooks.capture",
-        "/home/u/.venv/bin/ccrl-hook",
-        "ccrl-hook",
-        "/usr/bin/python3 -c 'from ccrl.hooks.capture import main; main()'",
-        "/usr/bin/python3 /opt/site-packages/ccrl/hooks/capture.py",
+        capture.hook_command(odd),
+        COMMAND,  # another installation's
+        hook_commands.render(f"{odd}/bin/python", f"{odd}/hooks/capture.py", odd),
+        # The legacy form, exactly as earlier versions wrote it: for this checkout ...
+        hook_commands.render_legacy(sys.executable, capture.__file__, None),
+        hook_commands.render_legacy(sys.executable, capture.__file__, odd),
+        # ... and for one moved away since (its script is gone).
+        OLD_COMMAND,
+        "/gone/venv/bin/python3 -S -E /gone/checkout/hooks/capture.py",
+        # settings.example.json's placeholder, filled in by hand
+        "/home/u/.local/share/ccrl-venv/bin/python -S -E /home/u/src/ccrl/hooks/capture.py",
     ]
     no = [
         "/usr/local/bin/audit-log --json",
-        "python -m myccrl.hooks.capture_extra",
+        'python3 "$CLAUDE_PROJECT_DIR"/.claude/hooks/capture.py',  # the documented pattern
+        '"$CLAUDE_PROJECT_DIR"/.claude/hooks/check.sh',
+        "python3 .claude/hooks/capture.py",  # relative paths
+        "./hooks/capture.py",
+        "python3 -S -E hooks/capture.py",
         f"python3 {users_own}",
-        f"/usr/bin/python3 -S -E {users_own}",
-        "python3 /gone/hooks/capture.py --verbose",  # arguments after the script: not ccrl's shape
-        "echo ccrl-hooks",
+        f"/usr/bin/python3 -S -E {users_own}",  # legacy shape, but the user's own script
+        "/gone/venv/bin/python3 -S -E /gone/checkout/hooks/capture.py --verbose",
+        "/gone/venv/bin/python3 -S -E /gone/checkout/hooks/capture.py; echo done",
+        "/gone/venv/bin/python3 -E /gone/checkout/hooks/capture.py",
+        "/gone/venv/bin/python3 -S -E /gone/$(whoami)/hooks/capture.py",  # not how ccrl quotes
+        "/usr/bin/node -S -E /gone/hooks/capture.py",
+        "echo ccrl-hook",  # mentions ccrl's hook as an argument
+        "logger -t ccrl-hook done",
+        "ccrl-hook",
+        "/home/u/.venv/bin/ccrl-hook",
+        "/home/u/.venv/bin/python -m ccrl.hooks.capture",  # ccrl never wrote these
+        "/usr/bin/python3 /opt/site-packages/ccrl/hooks/capture.py",
+        COMMAND + " # mine",
+        COMMAND.replace("|| true", "|| false"),
+        "",
+        "'unbalanced",
     ]
-    assert all(claude_settings.is_ccrl_command(c) for c in yes)
-    assert not any(claude_settings.is_ccrl_command(c) for c in no)
+    assert [c for c in yes if not claude_settings.is_ccrl_command(c)] == []
+    assert [c for c in no if claude_settings.is_ccrl_command(c)] == []
 
 
 @pytest.mark.parametrize(
     "content",
     [
         b'{"permissions": {"allow": ["Bash(ls)"],},}\n',  # trailing commas: not JSON
+        b'{\n  "model": "opus" // comment\n}\n',
+        b'{\n  /* block comment */ "model": "opus"\n}\n',
         b'{"env": {"A": NaN}}',
+        b'{"env": {"A": Infinity}}',
+        b'{"env": {"A": -Infinity}}',
         b"\xff\xfe{}",
+        b'\xef\xbb\xbf{"model": "opus"}\n',  # UTF-8 byte order mark: JSON.parse rejects it
+        b'{"model": "caf\xe9"}',  # Latin-1, not UTF-8
+        b'{"model": "opus", "model": "sonnet"}',  # duplicate keys
+        b'{"hooks": {"Stop": [{"hooks": [], "hooks": []}]}}',
         b"[1, 2]",
+        b'"text"',
+        b"null",
+        b'{"hooks": null}',
         b'{"hooks": []}',
+        b'{"hooks": "ccrl"}',
         b'{"hooks": {"PostToolUse": {"matcher": "*"}}}',
+        b'{"hooks": {"PostToolUse": null}}',
+        b'{"hooks": {"Notification": [{"matcher": ""}]}}',  # a group without hooks, in any event
         b'{"hooks": {"Stop": [{"matcher": "", "hooks": "say done"}]}}',
+        b'{"hooks": {"Stop": [{"hooks": null}]}}',
         b'{"hooks": {"PreToolUse": [["not", "a", "group"]]}}',
+        b'{"hooks": {"PreToolUse": [null]}}',
+        b'{"hooks": {"Stop": [{"hooks": ["say done"]}]}}',  # non-object entries
+        b'{"hooks": {"Stop": [{"hooks": [null]}]}}',
+        b'{"model": "opus"',  # cut short
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser should follow
     ],
 )
 def test_refuses_a_file_it_cannot_read_safely(tmp_path, content):
     path = tmp_path / "settings.json"
     path.write_bytes(content)
-    with pytest.raises(SettingsFileError):
-        claude_settings.install(path, OLD_COMMAND)
-    assert path.read_bytes() == content
-    assert os.listdir(tmp_path) == ["settings.json"]
+    for change in (lambda: claude_settings.install(path, COMMAND), lambda: claude_settings.uninstall(path)):
+        with pytest.raises(SettingsFileError) as refused:
+            change()
+        message = str(refused.value)
+        assert str(path) in message and "Nothing was changed" in message
+        assert path.read_bytes() == content
+        assert os.listdir(tmp_path) == ["settings.json"]
+    status = claude_settings.scope_status("user", path, COMMAND)
+    assert status.error and not status.installed
+
+
+def test_refusals_say_what_is_wrong(tmp_path):
+    path = tmp_path / "settings.json"
+    cases = {
+        b'{"hooks": null}': '"hooks" is null, expected an object',
+        b'{"hooks": {"Stop": [{"matcher": ""}]}}': "hooks.Stop[0].hooks is missing, expected a list",
+        b'{"hooks": {"Stop": [{"hooks": [7]}]}}': "hooks.Stop[0].hooks[0] is a number, expected an object",
+        b'{"a": 1, "a": 2}': "has the key 'a' twice",
+        b'\xef\xbb\xbf{}': "byte order mark",
+        b'{"a": NaN}': "not valid JSON",
+    }
+    for content, words in cases.items():
+        path.write_bytes(content)
+        with pytest.raises(SettingsFileError, match=re.escape(words)):
+            claude_settings.install(path, COMMAND)
+
+
+def test_the_users_hooks_and_keys_survive_install_and_uninstall(tmp_path):
+    """Everything that is not an entry ccrl wrote comes back exactly, at every level: commands
+    that look a bit like ccrl's, other tools' hooks in the very group ccrl's entry sits in,
+    unknown keys on the file, the hooks object, groups and entries, matchers and timeouts."""
+    ccrl_mentions = [
+        'python3 "$CLAUDE_PROJECT_DIR"/.claude/hooks/capture.py',
+        "python3 .claude/hooks/capture.py",
+        "echo ccrl-hook >> /tmp/log",
+        "/home/u/.venv/bin/ccrl-hook",
+        "/home/u/.venv/bin/python -m ccrl.hooks.capture",
+    ]
+    original = {
+        "futureSetting": {"nested": [1, {"deep": None}]},
+        "hooks": {
+            "PreToolUse": [
+                {"matcher": "*", "description": "mine, with ccrl's entry in it", "hooks": [
+                    {"type": "command", "command": ccrl_mentions[0], "timeout": 3, "statusMessage": "checking"},
+                    {"type": "command", "command": OLD_COMMAND, "timeout": 10},
+                    {"type": "prompt", "prompt": "Is this safe? ccrl-hook"},
+                    {"type": "command", "command": ccrl_mentions[1], "async": True},
+                ]},
+                {"matcher": "Bash|Edit", "hooks": [{"type": "command", "command": c} for c in ccrl_mentions[2:]]},
+            ],
+            "Notification": [{"hooks": [{"type": "command", "command": "notify-send hi", "extra": {"k": [True]}}]}],
+            "FutureEvent": [{"matcher": "x", "hooks": []}],
+        },
+    }
+    path = tmp_path / "settings.json"
+    write(path, original)
+
+    claude_settings.install(path, COMMAND)
+
+    after = json.loads(path.read_text())
+    expected = copy.deepcopy(original)
+    expected["hooks"]["PreToolUse"][0]["hooks"][1]["command"] = COMMAND  # updated where it stood
+    for event in EVENTS:
+        if event != "PreToolUse":
+            expected["hooks"].setdefault(event, []).append(ccrl_group(event, COMMAND))
+    assert canonical(after) == canonical(expected)
+    assert list(after["hooks"])[:3] == list(original["hooks"])
+
+    claude_settings.uninstall(path)
+    expected = copy.deepcopy(original)
+    del expected["hooks"]["PreToolUse"][0]["hooks"][1]  # ccrl's entry, and only it, is gone
+    assert canonical(json.loads(path.read_text())) == canonical(expected)
+
+
+def test_an_upgrade_replaces_every_legacy_entry_without_duplicates(tmp_path):
+    """A file an earlier version wrote (legacy commands, one for this checkout and one for a
+    checkout moved away, even a duplicate), plus the user's hooks: one ccrl entry per event
+    afterwards, today's, and nothing of the user's lost."""
+    from ccrl.hooks import capture
+
+    here = hook_commands.render_legacy(sys.executable, capture.__file__, None)
+    original = copy.deepcopy(REALISTIC)
+    legacy = expected_after_install(original, here)
+    legacy["hooks"]["Stop"].append(ccrl_group("Stop", OLD_COMMAND))
+    # Hand-added to a group of the user's with another matcher: removed from there.
+    legacy["hooks"]["PostToolUse"][0]["hooks"].append({"type": "command", "command": OLD_COMMAND, "timeout": 10})
+    path = tmp_path / "settings.json"
+    write(path, legacy)
+    assert claude_settings.scope_status("user", path).legacy
+
+    new = capture.hook_command(str(tmp_path / "data"))
+    claude_settings.install(path, new)
+
+    after = json.loads(path.read_text())
+    assert canonical(after) == canonical(expected_after_install(original, new))
+    status = claude_settings.scope_status("user", path, new)
+    assert status.up_to_date and not status.legacy and status.commands == [new]
+    claude_settings.uninstall(path)
+    assert canonical(json.loads(path.read_text())) == canonical(original)
+
+
+def test_numbers_keep_their_text(tmp_path):
+    """``1e400`` is valid JSON (a float too big for a double): read into Python it would be
+    ``inf`` and written back as ``Infinity``, which is not JSON. Every number keeps its text."""
+    numbers = ["1e400", "-1e400", "1.50", "1E5", "-0", "0.0", "12345678901234567890123456789", "2.5e-324", "10"]
+    # Laid out as ccrl writes (json.dumps, indent 2), so that uninstall gives back the same bytes.
+    listed = ",\n      ".join(numbers)
+    text = f'{{\n  "env": {{\n    "N": [\n      {listed}\n    ]\n  }},\n  "cleanupPeriodDays": 1e400\n}}\n'
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+
+    claude_settings.install(path, COMMAND)
+
+    written = path.read_text()
+    strict = json.loads(written, parse_constant=lambda name: pytest.fail(f"{name} written"))
+    assert "Infinity" not in written and "NaN" not in written
+    as_written = json.loads(written, parse_float=str, parse_int=str)
+    assert as_written["env"]["N"] == numbers and as_written["cleanupPeriodDays"] == "1e400"
+    assert strict["hooks"]["Stop"][0]["hooks"][0]["timeout"] == 10
+
+    claude_settings.uninstall(path)
+    assert path.read_text() == text
+
+
+def test_strings_come_back_with_their_meaning(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_bytes(b'{"env": {"A": "caf\\u00e9 \\ud83d\\ude00 \\ud800 \\"q\\" \\\\ \\u0000"}}')
+    before = json.loads(path.read_bytes())
+    claude_settings.install(path, COMMAND)
+    claude_settings.uninstall(path)
+    assert json.loads(path.read_bytes()) == before
+
+
+def test_owner_and_mode_are_kept(tmp_path):
+    path = tmp_path / "settings.json"
+    original = write(path, REALISTIC, mode=0o604)
+    if os.geteuid() == 0:
+        os.chown(path, 4321, 4322)
+    change = claude_settings.install(path, COMMAND)
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o604
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (4321, 4322)
+    assert change.backup.read_bytes() == original and stat.S_IMODE(change.backup.stat().st_mode) == 0o604
+
+
+def test_install_takes_only_a_command_it_can_recognise_again(tmp_path):
+    path = tmp_path / "settings.json"
+    with pytest.raises(ValueError, match="not a command ccrl writes"):
+        claude_settings.install(path, "/usr/bin/python3 -m ccrl.hooks.capture")
+    assert not path.exists()
 
 
 def test_install_creates_missing_file_and_directories_privately(tmp_path):
@@ -442,9 +639,9 @@ def test_hooks_command_prints_the_exact_command(ccrl_home):
     assert result.exit_code == 0 and result.stdout.strip() == hook_command(str(ccrl_home))
 
 
-def test_with_the_default_data_dir_the_command_needs_no_ccrl_home(home, monkeypatch):
-    """No CCRL_HOME anywhere: the command carries none, and the hook finds the XDG default
-    under the HOME Claude Code runs with."""
+def test_with_the_default_data_dir_the_command_still_pins_ccrl_home(home, monkeypatch):
+    """No CCRL_HOME anywhere: the command pins the XDG default of the installing shell, and
+    the hook writes there from Claude Code's environment (see also test_hook_command.py)."""
     from ccrl.agent.config import reset_settings_cache
 
     monkeypatch.delenv("CCRL_HOME")
@@ -452,7 +649,7 @@ def test_with_the_default_data_dir_the_command_needs_no_ccrl_home(home, monkeypa
     reset_settings_cache()
     assert run_cli("hooks", "install").exit_code == 0
     command = json.loads((home / ".claude" / "settings.json").read_text())["hooks"]["PostToolUse"][0]["hooks"][0]["command"]
-    assert "CCRL_HOME" not in command
+    assert hook_commands.parse(command).home == str(home / ".local" / "share" / "ccrl")
     payload = {"session_id": "s-default", "cwd": str(home), "hook_event_name": "PostToolUse", "tool_name": "Read"}
     proc = subprocess.run(["sh", "-c", command], input=json.dumps(payload).encode(),
                           env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, capture_output=True, timeout=30)

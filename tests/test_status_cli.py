@@ -24,7 +24,7 @@ STORE_KEYS = {"sessions", "traces", "subagent_traces", "tool_calls", "tool_error
               "last_event_at", "error"}
 PENDING_KEYS = {"inbox", "spool", "total", "newest_at", "error"}
 SCOPE_KEYS = {"scope", "path", "exists", "installed", "events", "missing_events", "commands", "interpreters",
-              "missing_files", "runnable", "up_to_date", "hooks_disabled", "error"}
+              "missing_files", "homes", "legacy", "runnable", "up_to_date", "hooks_disabled", "error"}
 
 
 def at(month: int, day: int, hour: int = 10) -> datetime:

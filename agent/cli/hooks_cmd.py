@@ -53,7 +53,8 @@ def _print_json(data: Any) -> None:
 
 
 def hook_command_for(settings: Settings) -> str:
-    """The command Claude Code runs for each event: absolute interpreter, CCRL_HOME if non-default."""
+    """The command Claude Code runs for each event: absolute interpreter and script, CCRL_HOME
+    pinned to this data directory, exit 0 even once the installation is gone."""
     from ccrl.hooks.capture import hook_command
 
     return hook_command(str(settings.home))
@@ -185,6 +186,10 @@ def status(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_O
     for item in scopes:
         if item["error"]:
             _err.print(f"[red]{item['scope']}:[/red] {escape(item['error'])}")
+        if item["legacy"]:
+            _err.print(f"[yellow]{item['scope']}:[/yellow] the entries in {escape(item['path'])} have the form of "
+                       "an earlier ccrl, which blocks every Claude Code session once ccrl is moved or removed: "
+                       f"run ccrl hooks install --scope {item['scope']}.")
         if item["hooks_disabled"]:
             _err.print(f"[yellow]{item['scope']}:[/yellow] disableAllHooks is true in {escape(item['path'])}: no hook runs.")
 
