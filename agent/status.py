@@ -20,28 +20,8 @@ from urllib.parse import quote
 
 from ccrl.agent.claude_settings import SCOPES, scope_status, settings_path
 from ccrl.agent.config import Settings
+from ccrl.agent.secrets_display import mask_url, scrub_password  # noqa: F401  (also imported from here)
 from ccrl.hooks.paths import SPOOL_SUFFIX, spool_received_at
-
-
-def mask_url(url: str) -> str:
-    """The database URL with its password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
-def scrub_password(text: str, url: str) -> str:
-    """``text`` (an error message) with the URL's password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
 
 
 def _utc_iso(value: datetime | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from typer.testing import CliRunner
 
@@ -93,3 +94,62 @@ def test_invalid_values_are_a_clear_error(ccrl_home, tmp_path, monkeypatch):
     result = runner.invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 2
     assert f"config file {cfg} is not valid TOML" in " ".join(result.stderr.split())
+
+
+SECRET_URL_PASSWORD = "p@ss/w0rd:x%y"
+
+
+def _no_password(output: str) -> None:
+    for form in (SECRET_URL_PASSWORD, quote(SECRET_URL_PASSWORD, safe=""), quote(SECRET_URL_PASSWORD), "w0rd"):
+        assert form not in output, form
+
+
+def test_the_database_password_is_masked_in_text_and_json(ccrl_home, tmp_path, monkeypatch):
+    url = f"postgresql+psycopg://ccrl:{quote(SECRET_URL_PASSWORD, safe='')}@db.example:5432/ccrl?sslpassword=k3y"
+    monkeypatch.setenv("CCRL_DATABASE_URL", url)
+    report = _show()
+    assert report["settings"]["database_url"]["value"] == \
+        "postgresql+psycopg://ccrl:***@db.example:5432/ccrl?sslpassword=***"
+    table = runner.invoke(app, ["config", "show"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0 and "postgresql+psycopg://ccrl:***@db.example:5432/ccrl" in table.stdout
+    for output in (json.dumps(report), table.stdout + table.stderr):
+        _no_password(output)
+        assert "k3y" not in output
+    # From the config file, unencoded (as people write it): the same.
+    monkeypatch.delenv("CCRL_DATABASE_URL")
+    cfg = tmp_path / "xdg-config" / "ccrl" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f'database_url = "redis://:{SECRET_URL_PASSWORD}@cache.example:6379/0"\n')
+    report = _show()
+    assert report["settings"]["database_url"] == {**report["settings"]["database_url"],
+                                                  "value": "redis://:***@cache.example:6379/0", "source": "config file"}
+    _no_password(json.dumps(report))
+
+
+def test_settings_named_as_secrets_are_masked(ccrl_home, monkeypatch):
+    """Any setting whose name says password, secret, token or key shows as *** when set (a
+    setting added later, e.g. a hub token, needs nothing more)."""
+    from pydantic import BaseModel, Field
+
+    import ccrl.agent.cli.config_cmd as config_cmd
+
+    class Hub(BaseModel):
+        hub_token: str | None = Field(default=None, description="A token.")
+        max_tokens: int = Field(default=512, description="A count, not a secret.")
+
+    class WithSecrets(Settings):
+        smtp_password: str | None = Field(default=None, description="A password.")
+        api_key: str = Field(default="", description="Unset: shown as it is.")
+        hub: Hub = Field(default_factory=Hub, description="A section.")
+
+    monkeypatch.setattr(config_cmd, "Settings", WithSecrets)
+    monkeypatch.setenv("CCRL_SMTP_PASSWORD", "correct horse")
+    monkeypatch.setenv("CCRL_HUB__HUB_TOKEN", "hf_abcdefghijklmnop")
+    report = _show()
+    rows = report["settings"]
+    assert rows["smtp_password"]["value"] == "***" and rows["smtp_password"]["source"] == "environment"
+    assert rows["hub.hub_token"]["value"] == "***" and rows["hub.max_tokens"]["value"] == 512
+    assert rows["api_key"]["value"] == ""
+    table = runner.invoke(app, ["config", "show"], env={"COLUMNS": "300"})
+    for output in (json.dumps(report), table.stdout):
+        assert "correct horse" not in output and "hf_abcdefghijklmnop" not in output

@@ -3,6 +3,8 @@
 Sources, strongest first: the environment (``CCRL_KEY``, or ``CCRL_SECTION__KEY`` for keys in a
 section such as ``[agent]``), the TOML config file, the default. The provenance is computed with
 the same pydantic-settings sources ``Settings`` itself uses, so it cannot disagree with them.
+Secrets are masked in both outputs: URL passwords, and any setting whose name says it is a
+password, secret, token or key (``ccrl.agent.secrets_display``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.text import Text
 from rich.table import Table
 
 from ccrl.agent.config import Settings, config_file
+from ccrl.agent.secrets_display import mask_setting
 
 app = typer.Typer(help="Show ccrl's configuration.", no_args_is_help=True)
 
@@ -90,8 +93,8 @@ def _plain(value: Any) -> Any:
 
 
 def effective_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The effective settings with provenance. Raises ``ValueError`` with a readable message
-    when the config file or an override is invalid."""
+    """The effective settings with provenance, secrets masked. Raises ``ValueError`` with a
+    readable message when the config file or an override is invalid."""
     import os
 
     env = dict(os.environ if environ is None else environ)
@@ -123,7 +126,7 @@ def effective_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
         else:
             source = "default"
         rows[".".join(key_path)] = {
-            "value": _plain(_lookup(dumped, key_path)),
+            "value": mask_setting(key_path[-1], _plain(_lookup(dumped, key_path))),
             "source": source,
             "env": _env_name(key_path),
             "description": description,
