@@ -25,6 +25,8 @@ class EvalSettings(BaseModel):
     plan_max_new_tokens: int = Field(default=768, ge=16, description="Tokens a model may write for one whole plan.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence level of every interval.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for evaluation; empty = the library default.")
+    dev_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="Share of held-out sessions (by id hash) in the dev fold.")
+    resamples: int = Field(default=2000, ge=100, description="Session-bootstrap resamples of every interval.")
     evaluate_gguf: bool = Field(
         default=True,
         description="Also evaluate the exported GGUF through llama-cpp-python (the gate then judges the GGUF, which is what Ollama serves).",
@@ -51,6 +53,7 @@ class EvalSettings(BaseModel):
         from ccrl.trainers.evaluate import EvalConfig
 
         values = {k: getattr(self, k) for k in ("max_decisions", "max_prompt_tokens", "decision_max_new_tokens",
-                                                "max_plans", "plan_max_new_tokens", "confidence", "threads")}
+                                                "max_plans", "plan_max_new_tokens", "confidence", "threads",
+                                                "dev_fraction", "resamples")}
         values.update(overrides)
         return EvalConfig(**values)

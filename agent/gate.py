@@ -18,8 +18,10 @@ shows, in ``CCRL_HOME/evals/``); on a model version, ``gate`` holds the decision
 Every decision is logged (``gate.decision``).
 
 Held-out sessions that any compared model could have trained on (the train split of any
-dataset version up to the candidate's) are left out, since the eval threshold may grow between
-versions.
+dataset version up to the candidate's) are left out and counted (``excluded_seen``), since the
+eval threshold may grow between versions. The gate judges on the held-out *test* fold
+(``[eval] fold``); the dev fold is for choosing settings. Intervals and paired differences
+resample sessions.
 """
 
 from __future__ import annotations
@@ -428,11 +430,16 @@ def evaluate_candidate(
     settings: Settings | None = None,
     progress: Progress | None = None,
     record: bool = True,
+    fold: str = "test",
 ) -> dict[str, Any]:
     """Measure the candidate (a model version, or a training run not exported yet) and everything
     it is compared with, decide, record and log. Returns the report (JSON-able): ``passed``,
     ``reason``, ``checks``, ``subjects`` (each subject's metrics), ``paired`` (the candidate's
     per-decision agreement minus each other subject's, with an interval), ``notes``.
+
+    ``fold``: the held-out fold scored. The gate judges on ``test``; ``dev`` (for choosing
+    settings) and ``all`` are measured and reported but never recorded: a decision made on
+    them would not be the gate's.
 
     Raises ``GateError`` when there is no candidate or no held-out data to judge it on.
     """
@@ -448,7 +455,14 @@ def evaluate_candidate(
 
     settings = settings or get_settings()
     plan = plan_evaluation(settings, model_version_id=model_version_id, training_run_id=training_run_id)
-    config = settings.eval.eval_config()
+    try:
+        config = settings.eval.eval_config(fold=fold)
+    except EvaluationError as exc:
+        raise GateError(str(exc)) from exc
+    if fold != "test":
+        record = False
+        plan.notes.append(f"the {fold!r} fold was scored: nothing is recorded and the gate's verdict is not kept "
+                          "(the gate judges on the test fold)")
     try:
         data = load_eval_data(plan.dataset.path, config, exclude_sessions=plan.exclude_sessions)
     except EvaluationError as exc:
@@ -475,7 +489,9 @@ def evaluate_candidate(
         mine = results[judged].scores()
         for name, result in results.items():
             if name != judged and len(result.decisions) == len(mine) and mine:
-                paired[name] = paired_difference(mine, result.scores(), config.confidence, seed=config.seed).to_dict()
+                paired[name] = paired_difference(mine, result.scores(), config.confidence, seed=config.seed,
+                                                 resamples=config.resamples,
+                                                 sessions=results[judged].sessions()).to_dict()
     evaluated_at = utcnow().isoformat(timespec="seconds")
     report: dict[str, Any] = {
         **decision.to_dict(),
@@ -485,6 +501,8 @@ def evaluate_candidate(
         "phase": plan.candidate_run.phase,
         "dataset_version_id": plan.dataset.id,
         "dataset_version": plan.dataset.number,
+        "fold": data.fold,
+        "interval_method": (metrics.get(judged) or next(iter(metrics.values()), {})).get("interval_method"),
         "evaluated_at": evaluated_at,
         "weights_sha256": results[judged].weights_sha256 if judged in results else None,
         "subjects": {name: {"kind": r.kind, "backend": r.backend, "path": r.path, "weights_sha256": r.weights_sha256,

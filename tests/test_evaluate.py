@@ -33,8 +33,11 @@ def dataset(tmp_path_factory) -> Path:
     return write_dataset_version(tmp_path_factory.mktemp("data") / "v1")
 
 
+ALL = EvalConfig(fold="all")
+
+
 def test_held_out_data(dataset):
-    data = load_eval_data(dataset)
+    data = load_eval_data(dataset, ALL)
     # Six held-out tasks, two decisions each (call, then answer); six RL prompts.
     assert data.counts["eval_traces"] == 6 and data.counts["decisions"] == 12 and len(data.plans) == 6
     assert [p.reference.label for p in data.decisions[:2]] == [("Read",), (m.ANSWER,)]
@@ -42,15 +45,16 @@ def test_held_out_data(dataset):
     assert data.plans[0].reference_tool_sequence == ["Read"]
     assert len(data.train_labels) == 24 and data.train_tool_sequences[1] == ["Grep"]
     # Sessions a compared model may have trained on are left out and counted.
-    fewer = load_eval_data(dataset, exclude_sessions={"session-eval-24", "session-eval-25"})
+    fewer = load_eval_data(dataset, ALL, exclude_sessions={"session-eval-24", "session-eval-25"})
     assert fewer.counts["decisions"] == 8 and len(fewer.plans) == 4 and fewer.counts["eval_traces_excluded"] == 4
+    assert fewer.counts["excluded_seen"] == 2 and fewer.counts["sessions"] == 4
     # Size limits: long prefixes left out (counted), a seeded sample of the rest.
     limit = min(p.prompt_tokens for p in data.decisions if p.turn == 1) - 1  # every answer turn is longer
-    short = load_eval_data(dataset, EvalConfig(max_prompt_tokens=limit))
+    short = load_eval_data(dataset, EvalConfig(max_prompt_tokens=limit, fold="all"))
     assert short.counts["decisions_too_long"] == 6 and all(p.turn == 0 for p in short.decisions)
-    sample = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2))
+    sample = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2, fold="all"))
     assert len(sample.decisions) == 5 and sample.counts["decisions_not_sampled"] == 7 and len(sample.plans) == 2
-    again = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2))
+    again = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2, fold="all"))
     assert [(p.trace_id, p.turn) for p in again.decisions] == [(p.trace_id, p.turn) for p in sample.decisions]
 
 
@@ -58,7 +62,7 @@ def test_held_out_data_errors(tmp_path, dataset):
     with pytest.raises(EvaluationError, match="build one with `ccrl build-dataset`"):
         load_eval_data(tmp_path / "nothing")
     with pytest.raises(EvaluationError, match="no held-out decision"):
-        load_eval_data(dataset, exclude_sessions={f"session-eval-{i}" for i in range(24, 30)})
+        load_eval_data(dataset, ALL, exclude_sessions={f"session-eval-{i}" for i in range(24, 30)})
     broken = tmp_path / "broken"
     (broken / "jsonl").mkdir(parents=True)
     (broken / "jsonl" / "eval.jsonl").write_text("{not json\n")
@@ -67,7 +71,7 @@ def test_held_out_data_errors(tmp_path, dataset):
 
 
 def test_baselines_known_numbers(dataset):
-    data = load_eval_data(dataset)
+    data = load_eval_data(dataset, ALL)
     results = {r.name: r for r in evaluate_baselines(data)}
     # Train split: 24 answers, 8 calls of each tool. Most frequent: always answer -> the six
     # answers of the twelve held-out decisions.
@@ -85,10 +89,40 @@ def test_baselines_known_numbers(dataset):
     assert bigram["plan_recall"]["value"] == pytest.approx(2 / 6)
     assert "plan_format" not in bigram and "reward" not in bigram
     assert results["bigram"].kind == "baseline" and results["bigram"].primary == pytest.approx(8 / 12)
+    # Six held-out sessions: every interval resamples sessions, and says so.
+    assert bigram["next_action"]["method"] == m.SESSION_BOOTSTRAP and bigram["next_action"]["sessions"] == 6
+    assert bigram["interval_method"] == m.SESSION_BOOTSTRAP and bigram["fold"] == "all"
+    assert all(d["session_id"] for d in results["bigram"].decisions)
+
+
+def test_dev_and_test_folds_are_disjoint_and_stable(dataset):
+    """Settings are chosen on dev, figures reported on test: the two folds split the held-out
+    sessions by a salted hash of the id, whole sessions each, and ``test`` is the default."""
+    from ccrl.trainers.evaluate import session_fold
+
+    every = load_eval_data(dataset, ALL)
+    test = load_eval_data(dataset)
+    dev = load_eval_data(dataset, EvalConfig(fold="dev"))
+    assert test.fold == "test" and dev.fold == "dev"
+    test_sessions = {p.session_id for p in test.decisions}
+    dev_sessions = {p.session_id for p in dev.decisions}
+    assert test_sessions and dev_sessions and not test_sessions & dev_sessions
+    assert test_sessions | dev_sessions == {p.session_id for p in every.decisions}
+    assert len(test.decisions) + len(dev.decisions) == len(every.decisions)
+    assert {p.session_id for p in test.plans} <= test_sessions and {p.session_id for p in dev.plans} <= dev_sessions
+    assert test.counts["eval_traces_other_fold"] == len(dev_sessions)
+    assert all(session_fold(s) == "test" for s in test_sessions)
+    # Independent of the split hash and of the other sessions; the share follows dev_fraction.
+    many = [f"s{i}" for i in range(2000)]
+    share = sum(session_fold(s) == "dev" for s in many) / len(many)
+    assert 0.26 < share < 0.34
+    assert sum(session_fold(s, 0.5) == "dev" for s in many) / len(many) == pytest.approx(0.5, abs=0.04)
+    with pytest.raises(EvaluationError, match="unknown fold"):
+        EvalConfig(fold="train")
 
 
 def test_reward_of_plans(dataset):
-    data = load_eval_data(dataset)
+    data = load_eval_data(dataset, ALL)
     score = behavioural_reward()
     rows = [p.row for p in data.plans[:2]]
     claude = score([p.reference_completion for p in data.plans[:2]], rows)

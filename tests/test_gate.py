@@ -18,6 +18,7 @@ from eval_helpers import train_tiny_agent, write_dataset_version  # noqa: E402
 
 from ccrl.agent import gate  # noqa: E402
 from ccrl.agent.eval_config import EvalSettings  # noqa: E402
+from ccrl.trainers.metrics import SESSION_BOOTSTRAP  # noqa: E402
 
 
 def metrics(next_action: float | None, reward: float | None = None) -> dict:
@@ -118,6 +119,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "base": base, "trained": trained, "degraded": degraded}
 
 
+TEST_FOLD_DECISIONS = 8
 SMALL = {"CCRL_EVAL__DECISION_MAX_NEW_TOKENS": "40", "CCRL_EVAL__PLAN_MAX_NEW_TOKENS": "48", "CCRL_EVAL__MAX_PLANS": "3",
          "CCRL_EVAL__THREADS": "1", "CCRL_EVAL__EVALUATE_GGUF": "false"}
 
@@ -186,7 +188,12 @@ def test_gate_passes_a_model_that_learned_and_records_everything(store, models, 
     subjects = report["subjects"]
     candidate = subjects["candidate"]["metrics"]["next_action"]
     assert report["passed"], report["reason"]
-    assert candidate["n"] == 12 and candidate["value"] > subjects["bigram"]["metrics"]["next_action"]["value"]
+    # The gate judges on the held-out test fold: sessions 25-28 (24 and 29 are the dev fold).
+    assert candidate["n"] == TEST_FOLD_DECISIONS
+    assert candidate["value"] > subjects["bigram"]["metrics"]["next_action"]["value"]
+    assert report["fold"] == "test" and report["interval_method"] == SESSION_BOOTSTRAP
+    assert candidate["method"] == SESSION_BOOTSTRAP and candidate["sessions"] == 4
+    assert report["paired"]["bigram"]["method"] == SESSION_BOOTSTRAP
     assert candidate["value"] > subjects["base"]["metrics"]["next_action"]["value"]
     assert set(subjects) == {"candidate", "base", "most_frequent", "bigram"}
     # The weights judged are the ones on disk.
@@ -202,7 +209,8 @@ def test_gate_passes_a_model_that_learned_and_records_everything(store, models, 
     assert sorted(r.subject for r in rows) == ["base", "bigram", "candidate", "most_frequent"]
     assert len({r.config["gate_run"] for r in rows}) == 1
     details = json.loads(Path(next(r for r in rows if r.subject == "candidate").details_path).read_text())
-    assert len(details["decisions"]) == 12 and details["plans"][0]["reference_completion"]
+    assert len(details["decisions"]) == TEST_FOLD_DECISIONS and details["plans"][0]["reference_completion"]
+    assert {d["session_id"] for d in details["decisions"]} == {f"session-eval-{i}" for i in range(25, 29)}
     # Logged.
     captured = capsys.readouterr()
     assert "gate.decision" in captured.out + captured.err
@@ -215,7 +223,7 @@ def test_gate_blocks_degraded_weights_whatever_the_store_says(store, models):
     report = gate.evaluate_candidate(version_id)
     assert not report["passed"]
     assert "beats the bigram baseline" in report["reason"]
-    assert report["subjects"]["candidate"]["metrics"]["next_action"]["value"] <= 8 / 12
+    assert report["subjects"]["candidate"]["metrics"]["next_action"]["value"] <= 5 / 8  # the bigram's
     version = _version(version_id)
     assert version.gate["passed"] is False and version.status == "rejected"
     assert version.metrics["evaluation"]["subjects"]["candidate"]["next_action"]["value"] < 1.0
@@ -310,3 +318,21 @@ def test_hf_candidate_can_be_left_out_when_the_gguf_is_judged(store, models, tmp
     gguf_only = gate.plan_evaluation(get_settings(), model_version_id=version_id)
     assert [s.name for s in gguf_only.subjects] == ["candidate-gguf", "base"]
     assert any("evaluate_hf_candidate is off" in note for note in gguf_only.notes)
+
+
+def test_the_dev_fold_is_measured_but_never_recorded(store, models, monkeypatch):
+    """Settings are tuned on the dev fold (sessions 24 and 29 here); the gate's verdict and the
+    reported figures come from the test fold only, so a dev-fold run records nothing."""
+    from typer.testing import CliRunner
+
+    from ccrl.agent.cli import app
+
+    version_id = store(models["trained"], 1)
+    result = CliRunner().invoke(app, ["eval", "--fold", "dev", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fold"] == "dev" and report["subjects"]["candidate"]["metrics"]["next_action"]["n"] == 4
+    assert report["evaluation_ids"] == {} and any("'dev' fold" in note for note in report["notes"])
+    assert _evaluations() == [] and not _version(version_id).gate
+    bad = CliRunner().invoke(app, ["eval", "--fold", "train"])
+    assert bad.exit_code == 2 and "unknown fold" in bad.output

@@ -8,6 +8,10 @@ GGUF made from it on the same decisions shows what quantization costs.
 
 What is measured (definitions in ``ccrl.trainers.metrics``):
 
+Held-out sessions are split by a hash of their id into a *dev* fold (for choosing settings)
+and a *test* fold (for the reported figures, the demo and the gate): see :func:`session_fold`.
+Every interval resamples sessions (``ccrl.trainers.metrics.session_rate``).
+
 1. teacher-forced next-action agreement at every held-out assistant turn whose prefix fits
    ``max_prompt_tokens`` (estimated from characters, so every model gets the same decisions),
    at most ``max_decisions`` of them (a seeded sample when there are more);
@@ -52,6 +56,21 @@ class EvaluationError(RuntimeError):
     to do."""
 
 
+FOLDS = ("test", "dev", "all")
+FOLD_SALT = b"ccrl-eval-fold:"
+"""Salted so the fold hash is independent of the train/eval split hash (``session_bucket``),
+which uses the bare id: otherwise dev would be the sessions just below the eval threshold."""
+
+
+def session_fold(session_id: Any, dev_fraction: float = 0.3) -> str:
+    """``dev`` or ``test`` for a held-out session: a salted SHA-256 of its id, so the fold is
+    the same in every run and every dataset version, and never depends on the other sessions.
+    Settings (profiles, decoding, prompts) are chosen on ``dev``; figures are reported on
+    ``test``."""
+    digest = hashlib.sha256(FOLD_SALT + str(session_id or "").encode()).digest()
+    return "dev" if int.from_bytes(digest[:8], "big") / float(1 << 64) < dev_fraction else "test"
+
+
 @dataclass
 class EvalConfig:
     """Sizes and decoding of an evaluation. Defaults keep a CPU run of the embedded model to
@@ -76,6 +95,19 @@ class EvalConfig:
     """CPU threads for torch / llama.cpp; None: torch's default, llama.cpp's export default."""
     n_ctx: int = 8192
     """Context window for GGUF models (llama.cpp allocates it up front)."""
+    fold: str = "test"
+    """Which held-out sessions to score: ``test`` (reported figures, the gate), ``dev`` (for
+    choosing settings; never reported as a result) or ``all``."""
+    dev_fraction: float = 0.3
+    """Share of the held-out sessions (by a hash of their id) in the dev fold."""
+    resamples: int = m.RESAMPLES
+    """Bootstrap resamples of every interval."""
+
+    def __post_init__(self) -> None:
+        if self.fold not in FOLDS:
+            raise EvaluationError(f"unknown fold {self.fold!r}: use {', '.join(FOLDS)}")
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise EvaluationError(f"dev_fraction must be between 0 and 1, got {self.dev_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (recorded with every result, so numbers can be compared like for like)."""
@@ -106,6 +138,7 @@ class PlanPrompt:
     reference_tool_sequence: list[str]
     row: dict[str, Any]
     """The RL prompt row as stored (for the reward function)."""
+    session_id: str | None = None
 
 
 @dataclass
@@ -117,6 +150,8 @@ class EvalData:
     plans: list[PlanPrompt]
     train_labels: list[list[m.Label]]
     train_tool_sequences: list[list[str]]
+    fold: str = "all"
+    """The held-out fold these decisions come from (``test``, ``dev`` or ``all``)."""
     counts: dict[str, int] = field(default_factory=dict)
     tools: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)
     """The tool list of each held-out trace (given to models trained with tool schemas)."""
@@ -198,10 +233,14 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
     def held_out(row: dict[str, Any]) -> bool:
         return str(row.get("session_id") or "") not in exclude_sessions
 
+    def in_fold(row: dict[str, Any]) -> bool:
+        return config.fold == "all" or session_fold(row.get("session_id"), config.dev_fraction) == config.fold
+
     all_eval = [r for r in _rows(root, "eval", rl=False) if _is_trajectory(r)]
-    eval_rows = [r for r in all_eval if held_out(r)]
+    fold_eval = [r for r in all_eval if in_fold(r)]
+    eval_rows = [r for r in fold_eval if held_out(r)]
     train_rows = [r for r in _rows(root, "train", rl=False) if _is_trajectory(r)]
-    all_rl = _rows(root, "eval", rl=True)
+    all_rl = [r for r in _rows(root, "eval", rl=True) if in_fold(r)]
     rl_rows = [r for r in all_rl if held_out(r)]
 
     tools: dict[Any, list[dict[str, Any]]] = {}
@@ -209,8 +248,11 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
     for row in eval_rows + rl_rows:
         tools[row.get("trace_id")] = _tool_list(row.get("tools"))
     for row in eval_rows:
-        points += m.decision_points(_clean_messages(row.get("messages")), trace_id=row.get("trace_id"),
-                                    tools=row.get("tools"))
+        found = m.decision_points(_clean_messages(row.get("messages")), trace_id=row.get("trace_id"),
+                                  tools=row.get("tools"))
+        for point in found:
+            point.session_id = str(row.get("session_id") or "") or None
+        points += found
     fitting = [p for p in points if p.prompt_tokens <= config.max_prompt_tokens]
     chosen = fitting
     if len(fitting) > config.max_decisions:
@@ -222,7 +264,8 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
         messages = _clean_messages(row.get("prompt"))
         reference = row.get("reference_completion") or ""
         sequence = list(row.get("reference_tool_sequence") or parse_workflow(reference).tool_sequence)
-        plans.append(PlanPrompt(row.get("trace_id"), messages, reference, sequence, row))
+        plans.append(PlanPrompt(row.get("trace_id"), messages, reference, sequence, row,
+                                str(row.get("session_id") or "") or None))
     all_plans = len(plans)
     if len(plans) > config.max_plans:
         picked = sorted(random.Random(config.seed + 1).sample(range(len(plans)), config.max_plans))
@@ -236,9 +279,14 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
         train_labels=[m.action_labels(msgs) for msgs in train_messages],
         train_tool_sequences=[_tool_sequence(msgs) for msgs in train_messages],
         tools=tools,
+        fold=config.fold,
         counts={
             "eval_traces": len(eval_rows),
-            "eval_traces_excluded": len(all_eval) - len(eval_rows) + len(all_rl) - len(rl_rows),
+            "eval_sessions": len({str(r.get("session_id") or "") for r in eval_rows}),
+            "sessions": len({p.session_id for p in chosen}),
+            "eval_traces_other_fold": len(all_eval) - len(fold_eval),
+            "eval_traces_excluded": len(fold_eval) - len(eval_rows) + len(all_rl) - len(rl_rows),
+            "excluded_seen": len({str(r.get("session_id") or "") for r in fold_eval + all_rl} & set(exclude_sessions)),
             "decisions_held_out": len(points),
             "decisions_too_long": len(points) - len(fitting),
             "decisions_not_sampled": len(fitting) - len(chosen),
@@ -250,8 +298,8 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
     )
     if not data.decisions and not data.plans:
         raise EvaluationError(
-            f"the dataset at {root} has no held-out decision or prompt to evaluate on "
-            f"({len(points)} held-out decisions, {len(points) - len(fitting)} longer than "
+            f"the dataset at {root} has no held-out decision or prompt to evaluate on in the "
+            f"{config.fold!r} fold ({len(points)} held-out decisions, {len(points) - len(fitting)} longer than "
             f"max_prompt_tokens={config.max_prompt_tokens}); capture more sessions and rebuild it"
         )
     return data
@@ -456,6 +504,10 @@ class ModelEvaluation:
         """0/1 per decision (in decision order) for a decision metric, for paired comparisons."""
         return [int(bool(d.get(metric))) for d in self.decisions]
 
+    def sessions(self) -> list[Any]:
+        """The session of each decision (in decision order): paired comparisons resample them."""
+        return [d.get("session_id") for d in self.decisions]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form (details included)."""
         return asdict(self)
@@ -489,16 +541,24 @@ def _emit(progress: Progress | None, **event: Any) -> None:
 
 
 def _metrics(decision_scores: list[m.DecisionScore], plan_scores: list[m.PlanScore], config: EvalConfig,
-             data: EvalData, *, with_format: bool, rewards: list[float | None] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v.to_dict() for k, v in m.summarise_decisions(decision_scores, config.confidence).items()}
-    plans = m.summarise_plans(plan_scores, config.confidence, seed=config.seed)
+             data: EvalData, *, with_format: bool, rewards: list[float | None] | None,
+             decisions: Sequence[m.DecisionPoint] | None = None) -> dict[str, Any]:
+    points = data.decisions if decisions is None else decisions
+    kw = {"resamples": config.resamples, "seed": config.seed}
+    summary = m.summarise_decisions(decision_scores, config.confidence, sessions=[p.session_id for p in points], **kw)
+    out: dict[str, Any] = {k: v.to_dict() for k, v in summary.items()}
+    plan_sessions = [p.session_id for p in data.plans]
+    plans = m.summarise_plans(plan_scores, config.confidence, sessions=plan_sessions, **kw)
     if not with_format:
         plans.pop("plan_format")
     out.update({k: v.to_dict() for k, v in plans.items()})
     if rewards is not None:
-        values = [r for r in rewards if r is not None]
-        out["reward"] = m.mean_interval(values, config.confidence, seed=config.seed).to_dict()
+        kept = [(r, s) for r, s in zip(rewards, plan_sessions) if r is not None]
+        out["reward"] = m.mean_interval([r for r, _s in kept], config.confidence, sessions=[s for _r, s in kept],
+                                        **kw).to_dict()
     out["counts"] = dict(data.counts)
+    out["fold"] = data.fold
+    out["interval_method"] = summary["next_action"].method
     return out
 
 
@@ -521,7 +581,8 @@ def evaluate_generator(generator: Generator, data: EvalData, config: EvalConfig 
         predicted = m.action_from_text(text)
         score = m.score_decision(predicted, point.reference, schemas=point.schemas, cwd=point.cwd)
         decision_scores.append(score)
-        decision_rows.append({"trace_id": point.trace_id, "turn": point.turn, "reference": list(point.reference.label),
+        decision_rows.append({"trace_id": point.trace_id, "session_id": point.session_id, "turn": point.turn,
+                              "reference": list(point.reference.label),
                               "predicted": list(predicted.label), **score.to_dict(),
                               "text": text[:TEXT_KEEP_CHARS]})
         _emit(progress, event="eval.progress", subject=name, done=number, total=total)
@@ -561,7 +622,7 @@ def evaluate_baselines(data: EvalData, config: EvalConfig | None = None) -> list
             label = baseline.predict(point.previous)
             score = m.score_decision(m.action_from_label(label), point.reference, schemas=point.schemas, cwd=point.cwd)
             decision_scores.append(score)
-            decision_rows.append({"trace_id": point.trace_id, "turn": point.turn,
+            decision_rows.append({"trace_id": point.trace_id, "session_id": point.session_id, "turn": point.turn,
                                   "reference": list(point.reference.label), "predicted": list(label), **score.to_dict()})
         plan = baseline.plan()
         plan_scores = [m.score_plan(plan, p.reference_tool_sequence) for p in data.plans]
@@ -627,6 +688,7 @@ __all__ = [
     "load_eval_data",
     "open_generator",
     "read_details",
+    "session_fold",
     "weights_digest",
     "write_details",
 ]
