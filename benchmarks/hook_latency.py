@@ -9,6 +9,8 @@ machine noise hits every variant alike):
   is a hook median at most 2.0x this, p99 under 100 ms);
 - ``bare -S -E``: ``<python> -S -E -c pass``, the floor for the form ``hook_command()`` uses;
 - ``hook_command``: exactly what ``ccrl hooks install`` writes into the settings;
+- ``legacy form``: the same hook as earlier versions wrote it, without the sh guard that keeps
+  a removed installation from blocking Claude Code (what that guard costs);
 - ``console script``: ``<venv>/bin/ccrl-hook`` (imports site, the venv's .pth files and ``re``);
 - ``by path, with site``: ``<python> -E .../capture.py``;
 - ``hook_command + secret``: the same command with a payload that holds a secret, so the
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 from ccrl.hooks import capture, paths
+from ccrl.hooks.command import CAPTURE_SCRIPT, render_legacy
 from ccrl.hooks.inbox import ensure_inbox
 from ccrl.hooks.redact import may_contain_secret
 
@@ -108,6 +111,7 @@ def main() -> None:
             "baseline (python -c pass)": (f"{shlex.quote(python)} -c pass", payload),
             "bare -S -E -c pass": (f"{shlex.quote(python)} -S -E -c pass", payload),
             "hook_command": (hook, payload),
+            "legacy form": (render_legacy(python, CAPTURE_SCRIPT, home), payload),
             "console script": (shlex.quote(console_script), payload),
             "by path, with site": (f"{shlex.quote(python)} -E {shlex.quote(capture.__file__)}", payload),
             "hook_command + secret": (hook, secret_payload),
@@ -125,7 +129,7 @@ def main() -> None:
         conn = sqlite3.connect(paths.inbox_path(home))
         stored = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
         conn.close()
-        hook_runs = (args.runs + args.warmup) * 4
+        hook_runs = (args.runs + args.warmup) * 5
         spooled = sum(len(os.listdir(d)) for d in paths.spool_dirs(home) if os.path.isdir(d))
 
     base = statistics.median(samples["baseline (python -c pass)"])
