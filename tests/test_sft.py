@@ -228,7 +228,11 @@ def test_sft_run_writes_adapter_merged_model_template_and_curve(dataset, tiny_mo
     cuda = torch.cuda.is_available()  # on CUDA the same run is 4-bit QLoRA
     assert (m["global_step"], m["max_steps"], m["device"], m["quant"], m["max_length"]) == \
         (4, 4, "cuda" if cuda else "cpu", "4bit" if cuda else "none", 384)
-    assert m["train_examples"] == 8 and m["eval_examples"] == 2
+    # 384 tokens with the tool schemas in the system turn: each conversation takes more than one
+    # window, and every one of its 3 decisions is trained once.
+    assert m["train_conversations"] == 8 and m["train_decisions"] == m["train_decisions_trained"] == 24
+    assert m["train_examples"] > 8 and m["eval_examples"] >= 2
+    assert m["windows"]["train"]["share_trained"] == 1.0 and m["windows"]["eval"]["decisions_trained"] == 6
     assert m["train_tokens"] > 0 and m["tokens_per_second"] > 0 and m["peak_memory_bytes"] > 0
     assert m["bf16"] is mixed_precision_bf16(cuda, None)  # bf16 autocast where the hardware has it
     assert m["eval_loss_before"] > 0 and m["eval_loss_after"] > 0
@@ -274,7 +278,8 @@ def test_stop_on_request_checkpoints_and_the_next_start_resumes(dataset, tiny_mo
         calls["n"] += 1
         return calls["n"] >= 3
 
-    config = small(num_train_epochs=1.0, save_steps=100)  # 8 examples / batch 2 = 4 steps
+    # 512 tokens hold each conversation's 3 decisions in one window: 8 examples / batch 2 = 4 steps
+    config = small(num_train_epochs=1.0, save_steps=100, max_length=512)
     with pytest.raises(SFTStopped, match="step 3 of 4"):
         train_sft(dataset, out, str(tiny_model), config, progress_bar=False, emit=lambda e: None,
                   should_stop=stop_after_three_steps)
@@ -297,7 +302,7 @@ def test_resume_after_sigkill_reaches_the_same_total_steps(dataset, tiny_model, 
     """A training process killed with SIGKILL after a checkpoint continues from it on the next
     start and ends at the step count an uninterrupted run would have (2 epochs x 4 steps)."""
     out = tmp_path / "run"
-    config = json.dumps(small(num_train_epochs=2.0, save_steps=2).to_dict())
+    config = json.dumps(small(num_train_epochs=2.0, save_steps=2, max_length=512).to_dict())
     cmd = [sys.executable, "-m", "ccrl.trainers.sft", str(dataset), str(out), str(tiny_model), config]
     proc = subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600  # an upper bound for a slow, busy machine, not a timing
@@ -427,7 +432,7 @@ def test_continuation_starts_from_the_deployed_model_with_new_traces_and_replay(
     assert "accepted (deployed) model v1" in run.config["start"]["reason"]
     replay = round(4 * REPLAY_FRACTION)
     assert run.config["continuation"] == {"new_examples": 4, "replay_examples": replay, "skipped_seen": 8 - replay}
-    assert run.metrics["train_examples"] == 4 + replay and run.metrics["eval_examples"] == 2
+    assert run.metrics["train_conversations"] == 4 + replay and run.metrics["eval_examples"] >= 2
     from datasets import load_from_disk
 
     trained_on = load_from_disk(run.config["dataset_path"])["train"]["trace_id"]

@@ -37,6 +37,8 @@ from typing import Any
 
 from ccrl.trainers.base_models import BaseModelError, cuda_available, load_for_training, mixed_precision_bf16
 from ccrl.trainers.chat_templates import attach_template, save_template
+from ccrl.trainers.sft_windows import windowed_dataset
+from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS
 from ccrl.trainers.progress import (
     LossCurveCallback,
     StructuredProgressCallback,
@@ -123,8 +125,9 @@ class SFTRunConfig:
     per_device_eval_batch_size: int = 2
     """Sequences per forward pass when evaluating."""
     max_length: int | None = None
-    """Tokens per sequence (longer ones are cut at the end); ``None``: ``gpu_max_length`` on
-    CUDA, ``cpu_max_length`` elsewhere."""
+    """Tokens per example, the decision windows' budget (nothing is cut at token level: every
+    decision is trained in a window of at most this many tokens); ``None``: ``gpu_max_length``
+    on CUDA, ``cpu_max_length`` elsewhere."""
     gpu_max_length: int = 4096
     """Default sequence length on a GPU: agent traces are long (TRL's 1024 would cut most)."""
     cpu_max_length: int = 1024
@@ -177,7 +180,14 @@ class SFTRunConfig:
     cpu_threads: int | None = None
     """torch threads on a CPU; ``None`` leaves torch's default."""
     dataset_num_proc: int | None = None
-    """Processes for tokenizing the dataset; ``None``: in-process."""
+    """Processes for TRL's preparation of the tokenized examples; ``None``: in-process."""
+    window_result_tokens: int = DEFAULT_SHORTENED_RESULT_TOKENS
+    """Decision windows (``trainers/windows.py``): tool results of older turns in a window are
+    shortened to about this many tokens, with a marker, before older turns are dropped."""
+    window_max_targets: int | None = None
+    """Decisions trained per example at most; ``None``: as many consecutive decisions as fill
+    half the room beside the system prompt and the user's prompt (the rest is their history);
+    1: one decision per example."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (stored in the run row and ``ccrl_run.json``)."""
@@ -415,7 +425,8 @@ def build_trainer(
         max_grad_norm=config.max_grad_norm,
         max_length=max_length,
         packing=config.packing,
-        assistant_only_loss=True,
+        # The examples come tokenized, with the loss mask on their target turns (sft_windows).
+        assistant_only_loss=False,
         gradient_checkpointing=checkpointing,
         bf16=bf16,
         fp16=False,
@@ -442,6 +453,15 @@ def build_trainer(
     model, tokenizer = load_for_training(model_source, four_bit=four_bit, strategy=rank.strategy,
                                          local_rank=rank.local_rank)
     family = attach_template(tokenizer)
+    windows: dict[str, Any] = {}
+    splits = {"train": train, "eval": evals}
+    for name, rows in list(splits.items()):
+        if rows is not None:
+            splits[name], stats = windowed_dataset(
+                rows, tokenizer, max_length, use_tools="tools" in rows.column_names,
+                shortened_result_tokens=config.window_result_tokens, max_targets=config.window_max_targets)
+            windows[name] = stats.to_dict()
+    train, evals = splits["train"], splits["eval"]
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -476,6 +496,7 @@ def build_trainer(
         "gradient_checkpointing": checkpointing,
         "bf16": bf16,
         "template_family": family.name,
+        "windows": windows,
     }
     return trainer, resolved
 
@@ -575,22 +596,24 @@ def train_sft(
 
             torch.cuda.reset_peak_memory_stats()
         kept_train = len(trainer.train_dataset)
+        train_windows = resolved["windows"]["train"]
+        untrained = train_windows["decisions"] - train_windows["decisions_trained"]
         if kept_train == 0:
             raise SFTError(
-                f"no training example keeps an assistant token within max_length={resolved['max_length']}: "
-                "the prompts alone are longer. Raise max_length (or drop the tools column)."
+                f"no decision of the training split fits a window of max_length={resolved['max_length']} tokens: "
+                "the system prompt alone is longer. Raise max_length (or drop the tools column)."
             )
         if evals is not None and len(trainer.eval_dataset) == 0:
-            emit({"event": "notice", "message": f"Every eval example is longer than max_length={resolved['max_length']} "
-                  "before its first assistant token: no eval loss this run."})
+            emit({"event": "notice", "message": f"No eval decision fits a window of max_length={resolved['max_length']} "
+                  "tokens: no eval loss this run."})
             evals = None
             trainer.eval_dataset = None
             from transformers.trainer_utils import IntervalStrategy
 
             trainer.args.eval_strategy = IntervalStrategy.NO
-        if kept_train < len(train):
-            emit({"event": "notice", "message": f"{len(train) - kept_train} of {len(train)} training examples dropped: "
-                  f"their prompt fills max_length={resolved['max_length']}."})
+        if untrained:
+            emit({"event": "notice", "message": f"{untrained} of {train_windows['decisions']} training decisions are not "
+                  f"trained: the system prompt leaves them no room in max_length={resolved['max_length']} tokens."})
 
         if evals is not None and "eval_loss_before" not in state and rank.strategy in ("fsdp", "zero3"):
             # Evaluating first would shard the model without its optimizer: the Trainer then takes
@@ -656,7 +679,9 @@ def train_sft(
             **resolved,
             "model_source": model_source,
             "train_examples": kept_train,
-            "train_examples_dropped": len(train) - kept_train,
+            "train_conversations": len(train),
+            "train_decisions": train_windows["decisions"],
+            "train_decisions_trained": train_windows["decisions_trained"],
             "eval_examples": len(trainer.eval_dataset) if evals is not None else 0,
             "global_step": int(trainer.state.global_step),
             "max_steps": int(trainer.state.max_steps),
