@@ -121,6 +121,7 @@ class IngestReport:
     transcripts_missing: int = 0
     corrupt_lines: int = 0
     errors: list[str] = field(default_factory=list)
+    reredacted: dict[str, Any] = field(default_factory=dict)  # when the redaction rules changed
 
     def add(self, result: SessionResult) -> None:
         if result.ignored:
@@ -859,14 +860,19 @@ def ingest(settings: Settings | None = None) -> IngestReport:
     """
     from ccrl.agent.drain import drain
     from ccrl.agent.lock import FileLock
+    from ccrl.agent.reredact import reredact_store
 
     settings = settings or get_settings()
     get_engine(settings)
     lock = FileLock(settings.home / LOCK_FILE, name="ingest")
     with lock.hold("ingest", wait=True, timeout=600):
+        reredacted = reredact_store(settings)  # once after the redaction rules change
         drained = drain(settings)
         report = rebuild_changed_sessions(settings)
     report.drain = _as_dict(drained)
+    if reredacted.ran:
+        report.reredacted = reredacted.as_dict()
+        report.errors[:0] = [f"re-redaction: {e}" for e in reredacted.errors]
     report.errors[:0] = [f"drain: {e}" for e in report.drain.get("errors") or []]
     return report
 
