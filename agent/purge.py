@@ -3,9 +3,12 @@
 What counts as captured data: sessions, traces (subagent traces with their parents), tool
 calls, raw hook events, quarantined input, and events not ingested yet (inbox rows, spool
 files). Purging works in two steps so the CLI can show what will go before anything does:
-``plan_purge`` finds it (reading payloads of not-yet-ingested events for their ``session_id``
-and ``cwd``), ``execute_purge`` deletes exactly that, then VACUUMs the SQLite files and
+``plan_purge`` finds it (reading payloads of not-yet-ingested and quarantined events for their
+``session_id`` and ``cwd``, from the raw bytes when a payload is truncated or malformed:
+``payload_ids``), ``execute_purge`` deletes exactly that, then VACUUMs the SQLite files and
 truncates their write-ahead logs, so the deleted text no longer sits in free pages on disk.
+Its result says what remains (``purge_residue``: what PostgreSQL cannot reclaim, Claude Code's
+own transcripts, quarantined input that names nobody).
 
 Modes:
 - ``session``: one session and everything that belongs to it.
@@ -24,10 +27,10 @@ A local SQLite store is one person's: it is purged whole, as before.
 
 Purging holds the ingest lock, and afterwards tells ingest's bookkeeping
 (``ingest-state.json``) to stop watching purged sessions' transcripts. Datasets built from the
-store afterwards no longer contain purged data; datasets already written to disk are files the
-user owns and are left alone. Claude Code's own transcripts (``~/.claude/projects``) are not
-ccrl's to delete: ``ccrl import`` of those files, or a purged session that goes on running,
-brings their turns back.
+store afterwards no longer contain purged data; what was built from it before (dataset
+versions, models, Ollama tags, evaluations) is found and removed by ``purge_derived``. Claude
+Code's own transcripts (``~/.claude/projects``) are not ccrl's to delete; the tombstones keep
+``ccrl import`` and ingest from bringing purged turns back.
 """
 
 from __future__ import annotations

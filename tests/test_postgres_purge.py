@@ -79,3 +79,50 @@ def test_a_member_purges_only_their_own_data(pg_home, monkeypatch, tmp_path):
     with engine.connect() as conn:
         tombstones = set(conn.execute(text("SELECT session_id FROM purged_sessions")).scalars())
     assert tombstones == {"a1", "a2", "b1"}
+
+
+def test_the_summary_says_what_postgresql_cannot_reclaim_and_it_is_true(pg_home, pg_server, monkeypatch):
+    """The deleted rows really stay in the table file as dead tuples (read from the server's
+    data directory) until VACUUM FULL, as the summary says; the summary names that, the WAL,
+    replicas and backups, with what the server reports."""
+    from ccrl.agent.cli import app
+    from ccrl.agent.db import get_engine
+
+    secret = "pg-dead-tuple-7c41e0"
+    _capture(monkeypatch, "alice", "alice-laptop", "a1", "/work/p", T0, 1)
+    engine = get_engine()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE traces SET prompt = :p"), {"p": f"deploy with {secret}"})
+
+    def table_file_holds_it() -> bool:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("CHECKPOINT"))
+            relative = conn.execute(text("SELECT pg_relation_filepath('traces')")).scalar()
+        return secret.encode() in (pg_server.data / relative).read_bytes()
+
+    assert table_file_holds_it()  # the check can fail: the text is in the file before the purge
+    result = CliRunner().invoke(app, ["purge", "--session", "a1", "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"]["traces"] == 1 and data["vacuumed"] == ["inbox"]
+    store = data["store"]
+    assert store["dialect"] == "postgresql" and store["compacted"] is False
+    assert store["archive_mode"] == "off" and store["replicas"] == 0  # what this test server reports
+    not_reclaimed = " ".join(store["not_reclaimed"])
+    assert "VACUUM FULL sessions, traces, tool_calls, hook_events, quarantine" in not_reclaimed
+    assert "WAL segments written before the purge" in not_reclaimed
+    assert "none connected now" in not_reclaimed and "logical replicas" in not_reclaimed
+    assert "base backups and dumps" in not_reclaimed
+    assert all(line.startswith("postgresql: ") for line in data["remains"])
+
+    assert table_file_holds_it()  # deleted, yet still on disk: a dead tuple, as the summary says
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM FULL traces"))
+    assert not table_file_holds_it()  # the command the summary gives does erase it
+
+    _capture(monkeypatch, "alice", "alice-laptop", "a2", "/work/p", T0 + 600, 1)
+    text_result = CliRunner().invoke(app, ["purge", "--session", "a2", "--yes"])
+    assert text_result.exit_code == 0, text_result.output
+    out = " ".join(text_result.stdout.split())
+    assert "What remains: postgresql: dead tuples: PostgreSQL only marks deleted rows dead" in out
+    assert "Compacted: inbox" in out
