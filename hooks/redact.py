@@ -42,10 +42,12 @@ _VARIABLE_WORDS = frozenset(
 # Prefixes that make a *_key name a secret even in lower case (api_key, secret_key ...).
 _STRONG_KEY_WORDS = ("api", "secret", "access", "private", "auth", "encrypt", "sign", "master",
                      "client", "license", "service", "session", "hmac", "jwt", "aws", "stripe",
-                     "account", "storage", "consumer", "app", "admin", "deploy", "webhook")
+                     "account", "azure", "consumer", "app", "admin", "deploy", "webhook")
 # Values that only refer to a secret kept elsewhere: ${VAR}, $VAR, %(x)s, <your-key>, ***.
 _REFERENCE_STARTS = ("$", "%", "<", "{", "*", "[REDACTED", "...", "\u2026")
-_PLACEHOLDERS = frozenset(("redacted", "[redacted]", "xxx", "xxxx", "xxxxx", "-"))
+_PLACEHOLDERS = frozenset(("redacted", "[redacted]", "-"))
+# Values that say they are to be filled in: your_api_key, <your-token>, example-key, xxxx.
+_PLACEHOLDER_STARTS = ("your", "example", "placeholder", "replace", "insert", "enter-", "enter_", "xxx")
 
 
 def _text(value) -> str:
@@ -58,6 +60,12 @@ def _looks_random(value: str) -> bool:
     classes = (any(c.islower() for c in value) + any(c.isupper() for c in value)
                + any(c.isdigit() for c in value))
     return classes >= 2
+
+
+# Identifiers that read as words: authToken, SecretStr, db_password (a random token rarely
+# does). Only judges use them, and judges run inside re.sub: re is imported by then.
+_CAMEL_CASE = r"(?:[a-z]+|[A-Z][a-z]+)(?:[A-Z][a-z]+)+"
+_SNAKE_CASE = r"_?[a-z][a-z0-9]*(?:_[a-z0-9]+)+"
 
 
 def _is_number(value: str) -> bool:
@@ -91,23 +99,26 @@ def _is_code_value(name: str, value: str, sep: str) -> bool:
         return True
     if low in _VARIABLE_WORDS:
         return True  # token = tok, password = value
-    camel = any(a.islower() and b.isupper() for a, b in zip(head, head[1:]))
-    if camel:
+    import re
+
+    if re.fullmatch(_CAMEL_CASE, head):
         return True  # token = authToken, password: SecretStr
     # A snake_case variable in code (password = db_password); in YAML (":") it is a value.
-    return "=" in sep and "_" in head.strip("_")
+    return "=" in sep and bool(re.fullmatch(_SNAKE_CASE, head))
 
 
 def _keep_assignment(name: str, sep: str, value: str, quoted: bool, line_start: bool) -> bool:
     """Decide whether a ``name <sep> value`` match is code, prose or a reference (kept)."""
-    if value.startswith(_REFERENCE_STARTS) or value.lower() in _PLACEHOLDERS:
-        return True  # ${VAR}, $VAR, <your-key>, *** and values already redacted
+    if _is_reference(value):
+        return True  # ${VAR}, $VAR, <your-key>, your_api_key, *** and values already redacted
     upper_name = not any(c.islower() for c in name)
     low_name = name.lower()
-    if low_name.endswith(("_key", "-key")) and not upper_name:
-        # cache_key, primary_key, sort_key are code; api_key, secret_key are not.
-        if not any(word in low_name for word in _STRONG_KEY_WORDS):
-            return True
+    if low_name.endswith(("_key", "-key")) and not any(word in low_name for word in _STRONG_KEY_WORDS):
+        # cache_key = "user:1", STORAGE_KEY = 'todos', sort_key are code; api_key, secret_key
+        # are not; MY_KEY=6f2b... (random-looking) is a secret whatever the name.
+        if upper_name and not quoted and sep == "=":
+            return False  # shell / .env style: MY_KEY=value
+        return not (len(value) >= 8 and _looks_random(value))
     if low_name.endswith(("_auth", "-auth", "_pat", "-pat")):
         # user_auth = basic, file_pat = "*.py" are code; NPM_AUTH=dXNlcjpw... is not.
         return not (len(value) >= 8 and _looks_random(value))
@@ -126,7 +137,11 @@ def _keep_assignment(name: str, sep: str, value: str, quoted: bool, line_start: 
         return True
     if not line_start and bare_sep == ":" and first.isalpha() and first.islower():
         return True  # prose: "the token: expired"
-    return line_start and len(words) > 5  # a sentence after "Token:", not a passphrase
+    if bare_sep == ":" and "=" in first.rstrip("=") and _is_identifier(first.split("=", 1)[0]):
+        return True  # settings listed after a name: "a.secret: Staging=? Worktree=?"
+    if line_start and (len(words) > 5 or sum("=" in w for w in words) > 1):
+        return True  # a sentence after "Token:", or settings (a.secret: Staging=? Worktree=?)
+    return False
 
 
 def _full_name(match, tail_start: int) -> str:
@@ -159,7 +174,7 @@ def _judge_secret(match) -> str | None:
         pre = _text(groups["pre"]).strip(" \t")
         name = pre[1:].strip(" \t") if pre.startswith("-") else pre
         value, sep = _text(groups["lv"]).rstrip(" \t"), _text(groups["sep"])
-        keep = _keep_assignment(name, sep.strip(" \t"), value, False, True)
+        keep = _keep_assignment(name, sep, value, False, True)
         return None if keep else "lv"
     for group, quoted in (("dv", True), ("sv", True), ("bv", False)):
         if groups.get(group) is not None:
@@ -173,7 +188,8 @@ def _judge_secret(match) -> str | None:
 
 
 def _is_reference(value: str) -> bool:
-    return value.startswith(_REFERENCE_STARTS) or value.lower() in _PLACEHOLDERS
+    low = value.lower()
+    return value.startswith(_REFERENCE_STARTS) or low in _PLACEHOLDERS or low.startswith(_PLACEHOLDER_STARTS)
 
 
 def _judge_value(match) -> str | None:

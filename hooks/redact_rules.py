@@ -37,7 +37,7 @@ _SEP = r"[ \t]*(?:=>|:=|[:=])(?!=)[ \t]*"
 # start of a (JSON) string.
 _LINE_START = r"""(?:^|(?<=[\r\n])|(?<=\\[nr])|(?<=["']))"""
 # End of a line (look-ahead): newline, JSON escape, end of the string, end of the text.
-_LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\[nr]|\\*"|$))"""
+_LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\[nr]|\\*"[ \t]*(?:[,}\]:\r\n]|$)|$))"""
 
 # A quoted value of any length, in raw text or at any JSON nesting level up to 3: the closing
 # quote has exactly the backslashes of the opening one, so escaped quotes inside are part of the
@@ -55,7 +55,7 @@ _BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,})"""
 # callback decides on those.
 _SECRET_NAME_TAIL = (
     r"(?:password|passwd|passphrase|passcode|secret|token|credentials?|creds|apikey|accesskey|"
-    r"privatekey|secretkey|[_\-]key|[_\-]pwd|[_\-]pass|[_\-]auth|[_\-]pat)"
+    r"privatekey|secretkey|[_\-]key(?:_base)?|[_\-]pwd|[_\-]pass|[_\-]auth|[_\-]pat)"
 )
 _SECRET_NAME_MARKERS = (
     "password", "passwd", "passphrase", "passcode", "secret", "token", "credential", "creds",
@@ -124,7 +124,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     _token("aws_access_key", r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}" + _R,
            "akia", "asia", "abia", "acca", "a3t"),
     ("aws_secret_key",
-     r"(?i)(aws_?secret_?(?:access_?)?key" + _Q + r"?" + _SEP + _Q + r"?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+     r"(?i)(aws_?secret_?(?:access_?)?key" + _Q + r"?(?:" + _SEP + r"|[ \t]+)" + _Q + r"?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
      ("awssecret", "aws_secret"), r"\1[REDACTED:aws_secret_key]"),
     _token("aws_session_token", r"(?:IQoJb3JpZ2luX2Vj|FwoGZXIvYXdz|FQoGZXIvYXdz)[A-Za-z0-9/+=]{100,}",
            "iqojb3jpz2lux2vj", "fwogzxivyxdz", "fqogzxivyxdz"),
@@ -166,7 +166,8 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
            "hooks.slack.com", edge=""),
     _token("discord_webhook", r"discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]+", "/api/webhooks/", edge=""),
     _token("teams_webhook", r"webhook\.office\.com/webhookb2/[^\s\"'\\<>]+", "webhook.office.com", edge=""),
-    _token("telegram_bot_token", r"\d{8,10}:AA[0-9A-Za-z_\-]{33}" + _R, ":aa"),
+    # Usually inside a URL (api.telegram.org/bot<token>/getMe): no left edge (the digits are bounded).
+    _token("telegram_bot_token", r"\d{8,10}:AA[0-9A-Za-z_\-]{33}" + _R, ":aa", edge=""),
     _token("sendgrid_key", r"SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}" + _R, "sg."),
     _token("sendinblue_key", r"xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}", "xkeysib-"),
     _token("mailchimp_key", r"[0-9a-f]{32}-us\d{1,2}" + _R, "-us"),
@@ -240,10 +241,10 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
      r"(?<![\w\-])((?:-u|-U|--user|--proxy-user)(?:=|[ \t]+)" + _Q + r"?[^\s:\"'\\$]+:)(?P<v>[^\s\"'\\]+)",
      ("-u ", "-u\t", "-u=", "--user", "--proxy-user"), None),
     ("cli_password",
-     r"(?<![\w\-])(--?(?:[A-Za-z0-9]+[_\-])*(?:password|passwd|passphrase|pass|pwd|token|secret|"
+     r"(?<![\w\-])(--?(?:[A-Za-z0-9]+[_\-])*(?:(?:store|key|srcstore|deststore)?pass(?:word|wd|phrase|out|in)?|pwd|token|secret|"
      r"(?:api|secret|access|private|license|master|auth|encryption|client|signing)[_\-]?key)[ \t]+)"
      r"(?!-)(?P<v>" + _CLI_VALUE + r")",
-     ("-pass", "_pass", "-pwd", "_pwd", "-token", "_token", "-secret", "_secret", "-key", "_key", "apikey",
+     ("-pass", "_pass", "storepass", "keypass", "-pwd", "_pwd", "-token", "_token", "-secret", "_secret", "-key", "_key", "apikey",
       "secretkey", "accesskey", "privatekey", "licensekey", "masterkey", "authkey", "encryptionkey",
       "clientkey", "signingkey"), None),
     # .netrc: "machine h login u password p", on one line or one keyword per line.
@@ -256,7 +257,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     ("secret",
      r"(?i)" + _LINE_START + r"(?P<pre>[ \t]*(?:-[ \t]+)?[A-Za-z0-9_.\-]{0,60}?" + _SECRET_NAME_TAIL + r")"
      r"(?P<sep>[ \t]*:[ \t]+|[ \t]+=[ \t]*|[ \t]*=[ \t]+)"
-     r"""(?P<lv>[^\s"'\\`#][^\r\n"'\\`]*?)""" + _LINE_END,
+     r"""(?P<lv>[^\s"'\\`#][^\r\n"'\\`]{2,}?)""" + _LINE_END,
      _SECRET_NAME_MARKERS, None),
     # NAME=value, name: "value", "name": "value", export NAME='value', --password=value,
     # config["password"] = "value". An unquoted value is one word here; whether it is code
