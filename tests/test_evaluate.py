@@ -48,10 +48,14 @@ def test_held_out_data(dataset):
     fewer = load_eval_data(dataset, ALL, exclude_sessions={"session-eval-24", "session-eval-25"})
     assert fewer.counts["decisions"] == 8 and len(fewer.plans) == 4 and fewer.counts["eval_traces_excluded"] == 4
     assert fewer.counts["excluded_seen"] == 2 and fewer.counts["sessions"] == 4
-    # Size limits: long prefixes left out (counted), a seeded sample of the rest.
+    # Size limits: a long prefix is cut to its decision window (older turns dropped, with a
+    # marker), never left out; a seeded sample of the rest.
     limit = min(p.prompt_tokens for p in data.decisions if p.turn == 1) - 1  # every answer turn is longer
     short = load_eval_data(dataset, EvalConfig(max_prompt_tokens=limit, fold="all"))
-    assert short.counts["decisions_too_long"] == 6 and all(p.turn == 0 for p in short.decisions)
+    assert short.counts["decisions_too_long"] == 0 and len(short.decisions) == 12
+    assert all(p.prompt_tokens <= limit for p in short.decisions)
+    windowed = [p for p in short.decisions if p.turn == 1]
+    assert len(windowed) == 6 and all("earlier turn omitted]" in p.prefix[1]["content"] for p in windowed)
     sample = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2, fold="all"))
     assert len(sample.decisions) == 5 and sample.counts["decisions_not_sampled"] == 7 and len(sample.plans) == 2
     again = load_eval_data(dataset, EvalConfig(max_decisions=5, max_plans=2, fold="all"))

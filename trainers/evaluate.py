@@ -249,7 +249,7 @@ def load_eval_data(dataset_path: Path | str, config: EvalConfig | None = None, *
         tools[row.get("trace_id")] = _tool_list(row.get("tools"))
     for row in eval_rows:
         found = m.decision_points(_clean_messages(row.get("messages")), trace_id=row.get("trace_id"),
-                                  tools=row.get("tools"))
+                                  tools=row.get("tools"), max_prompt_tokens=config.max_prompt_tokens)
         for point in found:
             point.session_id = str(row.get("session_id") or "") or None
         points += found

@@ -55,6 +55,7 @@ from typing import Any
 
 from ccrl.agent.conversation import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, estimate_tokens, parse_assistant_text,
                                      render_assistant_text)
+from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS, prompt_window
 
 ANSWER = "<answer>"
 """The action label of a turn without calls (stop and answer)."""
@@ -595,8 +596,15 @@ def _message_tokens(message: dict[str, Any]) -> int:
     return estimate_tokens(content if isinstance(content, str) else "")
 
 
-def decision_points(messages: Sequence[dict[str, Any]], *, trace_id: Any = None, tools: Any = None) -> list[DecisionPoint]:
-    """Every assistant turn of a trajectory conversation as a :class:`DecisionPoint`."""
+def decision_points(messages: Sequence[dict[str, Any]], *, trace_id: Any = None, tools: Any = None,
+                    max_prompt_tokens: int | None = None,
+                    shortened_result_tokens: int = DEFAULT_SHORTENED_RESULT_TOKENS) -> list[DecisionPoint]:
+    """Every assistant turn of a trajectory conversation as a :class:`DecisionPoint`.
+
+    With ``max_prompt_tokens`` each prefix is the decision's window (``trainers/windows.py``, as
+    SFT builds its examples): the system prompt, the user's prompt and as much recent history as
+    fits, older tool results shortened and older turns dropped with markers; so no decision is
+    left out for length. Tokens are estimated from characters, the same for every model."""
     messages = [dict(m) for m in messages]
     cwd = working_directory(messages[0].get("content")) if messages and messages[0].get("role") == "system" else None
     schemas = tool_schemas(tools) if tools is not None else {}
@@ -606,8 +614,13 @@ def decision_points(messages: Sequence[dict[str, Any]], *, trace_id: Any = None,
     for index, message in enumerate(messages):
         if message.get("role") == "assistant":
             reference = action_from_message(message)
-            points.append(DecisionPoint(trace_id, index, len(points), messages[:index], reference, previous, cwd,
-                                        schemas, tokens))
+            prefix, prefix_tokens = messages[:index], tokens
+            if max_prompt_tokens is not None and tokens > max_prompt_tokens:
+                prefix = prompt_window(messages, index, max_prompt_tokens, _message_tokens,
+                                       shortened_result_tokens=shortened_result_tokens)
+                prefix_tokens = sum(_message_tokens(m) for m in prefix)
+            points.append(DecisionPoint(trace_id, index, len(points), prefix, reference, previous, cwd,
+                                        schemas, prefix_tokens))
             previous = reference.label
         tokens += _message_tokens(message)
     return points
