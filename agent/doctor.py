@@ -244,6 +244,27 @@ def check_pending(settings: Settings) -> Check:
     return Check("pending events", OK, detail)
 
 
+def check_stray_events(settings: Settings) -> Check:
+    """Events a hook left where the agent never reads them (another data directory, another
+    runtime or temp spool folder: ``stray_events``), and how to bring them in."""
+    from ccrl.agent.stray_events import find_stray_events
+
+    try:
+        places = find_stray_events(settings)
+    except Exception as exc:  # noqa: BLE001 - a look that fails must not break the doctor
+        return Check("stray events", WARNING, f"cannot look for them ({type(exc).__name__}: {exc})")
+    if not places:
+        return Check("stray events", OK, f"no captured events outside {settings.home} and its spool folders")
+    total = sum(p.events for p in places)
+    where = "; ".join(f"{p.path}: {p.error}" if p.error else f"{p.events} in {p.path}" for p in places)
+    return Check("stray events", WARNING,
+                 f"{total} captured event(s) where the agent never reads them ({where}): they are not "
+                 f"in the store; a hook command written for another data directory or environment put them there",
+                 "ccrl hooks collect (moves them into this data directory's spool; the agent stores them at its "
+                 "next ingest), then ccrl hooks install for each scope `ccrl hooks status` shows as not current. "
+                 "If another ccrl agent uses one of those folders on purpose, leave its events alone instead")
+
+
 def _quarantined(settings: Settings) -> int:
     url = settings.db_url
     if not url.startswith("sqlite:///"):
@@ -276,8 +297,10 @@ def check_hooks(settings: Settings) -> list[Check]:
                                 "fix the JSON of that file (ccrl never rewrites a file it cannot parse)"))
     for scope, status in installed.items():
         if not status["runnable"]:
+            effect = ("every Claude Code tool call and prompt is blocked (the earlier form exits 2)"
+                      if status.get("legacy") else "nothing is captured")
             checks.append(Check(f"hooks ({scope})", ERROR, f"{status['path']}: the hook names missing files "
-                                f"({', '.join(status['missing_files'])}): every Claude Code event shows a hook error",
+                                f"({', '.join(status['missing_files'])}): {effect}",
                                 f"ccrl hooks install --scope {scope} (rewrites it for this installation)"))
         elif status["missing_events"]:
             checks.append(Check(f"hooks ({scope})", WARNING, f"{status['path']}: no hook for "
@@ -285,6 +308,10 @@ def check_hooks(settings: Settings) -> list[Check]:
         elif status.get("hooks_disabled"):
             checks.append(Check(f"hooks ({scope})", WARNING, f"{status['path']} sets disableAllHooks: nothing is captured",
                                 "remove disableAllHooks from that file"))
+        elif status.get("legacy"):
+            checks.append(Check(f"hooks ({scope})", WARNING, f"{status['path']}: the entries have an earlier ccrl's "
+                                "form, which blocks every Claude Code session once ccrl is moved or removed",
+                                f"ccrl hooks install --scope {scope}"))
         elif not status["up_to_date"]:
             checks.append(Check(f"hooks ({scope})", WARNING, f"{status['path']}: installed for another data directory "
                                 "or interpreter than this one", f"ccrl hooks install --scope {scope}"))
@@ -456,7 +483,7 @@ def run_checks(settings: Settings, *, ollama: str | None = None) -> list[Check]:
     """Every check, in the order shown."""
     checks: list[Check] = [check_python(), check_extra("train"), check_extra("gguf"), check_embedded_model(),
                            check_cuda(), check_data_dir(settings), check_disk(settings), check_database(settings),
-                           check_inbox(settings), check_pending(settings)]
+                           check_inbox(settings), check_pending(settings), check_stray_events(settings)]
     checks += check_hooks(settings)
     checks += [check_service(), *check_service_runtime(settings), check_ollama(ollama)]
     return checks

@@ -65,10 +65,19 @@ def spool_dirs(home: str | None = None) -> list[str]:
     dirs = [os.path.join(home, SPOOL_DIR)]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        dirs.append(os.path.join(os.path.abspath(runtime), "ccrl-spool"))
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    dirs.append(os.path.join(os.path.abspath(tmp), f"ccrl-spool-{os.getuid()}"))
+        dirs.append(runtime_spool_dir(runtime))
+    dirs.append(temp_spool_dir(os.environ.get("TMPDIR") or "/tmp"))
     return dirs
+
+
+def runtime_spool_dir(runtime: str) -> str:
+    """The spool directory in a per-user runtime directory (``$XDG_RUNTIME_DIR``)."""
+    return os.path.join(os.path.abspath(runtime), "ccrl-spool")
+
+
+def temp_spool_dir(tmp: str) -> str:
+    """This user's spool directory in a temp directory (``$TMPDIR``, else ``/tmp``)."""
+    return os.path.join(os.path.abspath(tmp), f"ccrl-spool-{os.getuid()}")
 
 
 def ignored_path(path: str) -> bool:

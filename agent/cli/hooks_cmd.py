@@ -194,6 +194,29 @@ def status(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_O
             _err.print(f"[yellow]{item['scope']}:[/yellow] disableAllHooks is true in {escape(item['path'])}: no hook runs.")
 
 
+@app.command()
+def collect(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Move captured events that sit where the agent never reads them (another data directory,
+    another runtime or temp spool folder; `ccrl doctor` lists them) into this data directory's
+    spool, where the next ingest stores them."""
+    from ccrl.agent.stray_events import collect_stray_events
+
+    report = collect_stray_events(get_settings(), project_dir)
+    if as_json:
+        _print_json(report.to_dict())
+    elif not report.places:
+        _out.print("No captured events outside this data directory: nothing to move.")
+    else:
+        for place in report.places:
+            _out.print(f"{escape(place.path)}: {place.events} event(s)")
+        _out.print(f"Moved {report.moved} event(s) into {escape(report.into)}; `ccrl ingest` (the agent does it "
+                   "every few seconds) stores them.")
+    for error in report.errors:
+        _err.print(f"[red]error:[/red] {escape(error)}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @app.command("command")
 def show_command(as_json: bool = JSON_OPTION) -> None:
     """Print the exact hook command for this data directory (for editing settings by hand;
