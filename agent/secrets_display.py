@@ -25,6 +25,8 @@ _SECRET_PARAM = re.compile(rf"(?P<name>(?<![\w.\-]){_SECRET_NAME_PART})="
                            r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^&\s'"]+)""", re.IGNORECASE)
 # A URL in free text (an error message): a scheme, "://", and everything up to a space or quote.
 _URL = re.compile(r"\b[A-Za-z][\w+.\-]{0,30}://[^\s'\"<>]*")
+# The scheme and separators of a URL written without "://".
+_SCHEME_TYPO = re.compile(r"[A-Za-z][\w+.\-]{0,30}[:/]*|")
 # What follows the "@" that ends a URL's userinfo: a host (name, IPv4, [IPv6]), maybe a port,
 # then the path, query or fragment, the URL's end, or punctuation around it.
 _HOST = re.compile(r"[\w.\-%]*(?:\[[0-9A-Fa-f:.%]+\])?(?::\d*)?(?:[/?#),;\]]|$)")
@@ -38,21 +40,23 @@ def is_secret_name(name: str) -> bool:
 def _credentials(url: str) -> tuple[int, int, str, str] | None:
     """Where ``url``'s userinfo is and what it holds: (start, end, user, password), or None
     when it has no password. Passwords may hold "@", ":", "/" and "?" unencoded: the userinfo
-    ends at the last "@" a host follows, before the query when one such "@" is there."""
-    start = url.find("://") + 3
-    if start < 3:
-        return None
-    ats = [i for i in range(start, len(url)) if url[i] == "@" and _HOST.match(url, i + 1)]
-    if not ats:
-        return None
-    query = url.find("?", start)
-    before_query = [i for i in ats if query < 0 or i < query]
-    end = (before_query or ats)[-1]
-    userinfo = url[start:end]
-    if ":" not in re.split(r"[/?#]", userinfo, maxsplit=1)[0]:
-        return None  # a user alone, or an "@" in the path or the query
-    user, _, password = userinfo.partition(":")
-    return start, end, user, password
+    ends at the last "@" a host follows, before the query when one such "@" is there. A URL
+    missing its "://" (``postgresql:/u:pw@h``, a typo SQLAlchemy rejects, quoting it) is read
+    from the end of its scheme and slashes, or from its start."""
+    scheme_end = url.find("://") + 3
+    starts = [scheme_end] if scheme_end >= 3 else [_SCHEME_TYPO.match(url).end(), 0]
+    for start in starts:
+        ats = [i for i in range(start, len(url)) if url[i] == "@" and _HOST.match(url, i + 1)]
+        if not ats:
+            return None
+        query = url.find("?", start)
+        before_query = [i for i in ats if query < 0 or i < query]
+        end = (before_query or ats)[-1]
+        userinfo = url[start:end]
+        if ":" in re.split(r"[/?#]", userinfo, maxsplit=1)[0]:
+            user, _, password = userinfo.partition(":")
+            return start, end, user, password
+    return None  # a user alone, or an "@" in the path or the query
 
 
 def mask_url(url: str) -> str:
@@ -108,6 +112,6 @@ def mask_setting(name: str, value: Any) -> Any:
         return value
     if is_secret_name(name):
         return MASK
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str) and "@" in value:
         return mask_url(value)
     return value

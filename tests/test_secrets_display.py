@@ -33,10 +33,15 @@ URLS = [
     ("postgresql://ccrl@db.example/ccrl?sslpassword=k3y%2Bv&sslmode=verify-full", ["k3y%2Bv", "k3y+v"],
      "postgresql://ccrl@db.example/ccrl?sslpassword=***&sslmode=verify-full"),
     ("mysql://u:a?b#c@db.example/x", ["a?b#c"], "mysql://u:***@db.example/x"),
+    # typos SQLAlchemy rejects, quoting the whole string in its error
+    ("postgresql//ccrl:s3cretpw@db.example/ccrl", ["s3cretpw"], "postgresql//ccrl:***@db.example/ccrl"),
+    ("postgresql:/ccrl:s3cret/pw@db.example/ccrl", ["s3cret/pw"], "postgresql:/ccrl:***@db.example/ccrl"),
+    ("ccrl:s3cretpw@db.example:5432", ["s3cretpw"], "ccrl:***@db.example:5432"),
     ("postgresql://u:p%3Aw%40rd@db.example/x?password=second%2F", ["p%3Aw%40rd", "p:w@rd", "second%2F", "second/"],
      "postgresql://u:***@db.example/x?password=***"),
 ]
 NO_SECRET = [
+    "/home/me@work/ccrl.db",
     "sqlite:////home/me@work/ccrl.db",
     "postgresql://ccrl@db.example:5432/ccrl",
     "postgresql://db.example/ccrl?application_name=a@b",
@@ -120,12 +125,15 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_status_and_doctor_on_an_unreachable_store_hide_the_password(ccrl_home):
-    """The commands that name the store: its URL is shown masked, the connection error is
-    scrubbed, in text and JSON."""
+@pytest.mark.parametrize("template", ["postgresql+psycopg://ccrl:{encoded}@127.0.0.1:{port}/ccrl",
+                                      "postgresql//ccrl:{raw}@127.0.0.1:{port}/ccrl"])
+def test_status_and_doctor_on_an_unreachable_store_hide_the_password(ccrl_home, template):
+    """The commands that name the store (one that refuses connections, one whose URL is a typo
+    SQLAlchemy rejects, quoting it): its URL is shown masked, the error is scrubbed, in text
+    and JSON."""
     password = "p@ss/w0rd:x"
-    url = f"postgresql+psycopg://ccrl:{quote(password, safe='')}@127.0.0.1:{_closed_port()}/ccrl"
-    env = {**os.environ, "CCRL_HOME": str(ccrl_home), "CCRL_DATABASE_URL": url}
+    url = template.format(encoded=quote(password, safe=""), raw=password, port=_closed_port())
+    env = {**os.environ, "CCRL_HOME": str(ccrl_home), "CCRL_DATABASE_URL": url, "COLUMNS": "300"}
     ccrl = str(Path(sys.executable).parent / "ccrl")
     for args in (["status", "--json"], ["status"], ["doctor", "--json"], ["doctor"], ["config", "show"],
                  ["config", "show", "--json"]):
@@ -134,6 +142,8 @@ def test_status_and_doctor_on_an_unreachable_store_hide_the_password(ccrl_home):
         for form in (password, quote(password, safe=""), quote(password), quote_plus(password), "p@ss", "w0rd"):
             assert form not in output, (args, form, output)
         assert "127.0.0.1" in output, (args, output)
+    if "://" not in url:
+        return
     report = json.loads(subprocess.run([ccrl, "status", "--json"], capture_output=True, text=True, env=env,
                                        timeout=120).stdout)
     assert report["database_url"].startswith("postgresql+psycopg://ccrl:***@127.0.0.1:")
