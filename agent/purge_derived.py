@@ -157,11 +157,16 @@ class Derived:
 
 
 def _dataset_rows(path: Path) -> list[Path] | None:
-    """The JSONL files of a dataset version, or None when it has none left to read."""
+    """The JSONL files that name every trace of a dataset version, or None when none are left.
+
+    The builder writes exactly one RL prompt row per trace it keeps (next to its trajectory and
+    workflow rows), so the two ``rl_prompts`` files name every trace at a fraction of the bytes;
+    a version without them is read whole."""
     from ccrl.agent.datasets import JSONL_FILES
 
-    files = [path / "jsonl" / name for name in JSONL_FILES if (path / "jsonl" / name).is_file()]
-    return files or None
+    present = [path / "jsonl" / name for name in JSONL_FILES if (path / "jsonl" / name).is_file()]
+    per_trace = [p for p in present if p.name.startswith("rl_prompts.")]
+    return per_trace or present or None
 
 
 def _purged_traces(files: list[Path], purged: PurgedData) -> int:
