@@ -21,7 +21,8 @@ JSON, so the same traces and settings give byte-identical JSONL and the same con
 Versions: a build whose content hash equals the latest version's (and whose folder still
 exists) creates nothing and reports that version (``created: False``); ``--force`` or
 ``--out`` always record a new version. The split is by session (see ``session_bucket``) and
-the eval threshold never shrinks between versions, so a trace never moves from eval to train.
+the eval threshold never shrinks between versions, so a trace never moves from eval to train;
+a resumed or forked session takes its parent's side (``split_roots``).
 
 Bad input (a tool input that is not a JSON object, a turn without an answer, …) is skipped,
 counted by reason in the card and never stops the build.
@@ -183,6 +184,15 @@ def session_bucket(session_id: str) -> int:
     Depends on nothing but the id, so a session's side of the split is the same in every build.
     """
     return int.from_bytes(hashlib.sha256(session_id.encode()).digest()[:4], "big")
+
+
+def split_roots(settings: Settings) -> dict[str, str]:
+    """Session id -> the session whose bucket decides its split: a resumed or forked session
+    shares message uuids with its parent (``session_lineage``) and goes where its family's first
+    session goes, so no conversation is both trained on and held out."""
+    from ccrl.agent.session_lineage import lineage_roots
+
+    return lineage_roots(settings)
 
 
 def eval_threshold(sessions: dict[str, tuple[int, int]], cfg: DatasetSettings, previous: int) -> int:
@@ -393,6 +403,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
 
     catalog = collect_tools(settings, cfg.page_size)
     top_tools = {name for name, _n in catalog.calls.most_common(cfg.max_tools)}
+    family_root = split_roots(settings)
 
     stats = BuildStats()
     dedupe = PromptDeduper(cfg)
@@ -425,7 +436,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
                 stats.drop(reason)
                 continue
             session_id = str(trace.get("session_id") or "")
-            bucket = session_bucket(session_id)
+            bucket = session_bucket(family_root.get(session_id, session_id))
             _b, held = sessions.get(session_id, (bucket, 0))
             sessions[session_id] = (bucket, held + converted.decisions)
             stats.keep(trace, signals, converted.tokens)

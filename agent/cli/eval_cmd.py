@@ -1,11 +1,14 @@
 """``ccrl eval`` (offline evaluation and the deployment gate) and ``ccrl ab`` (blind A/B).
 
-``ccrl eval [--version N | --run ID] [--json]`` measures the candidate (a model version, or a
+``ccrl eval [--version N | --run ID] [--fold test|dev|all] [--json]`` measures the candidate (a model version, or a
 training run not exported yet; default: the newest version, else the newest finished run) on
 its dataset version's held-out split, together with the base model, the learn-nothing
 baselines and the deployed version, and applies the gate (``ccrl.agent.gate``). It prints a
 table of every metric with its interval, the gate's verdict, and saves a plot of every metric
-across versions as PNG.
+across versions as PNG. The test fold is the default; the dev fold is for choosing settings.
+
+``ccrl eval --sessions DIR [--max-decisions N] [--seed S]`` scores the candidate, its base and the
+baselines on transcripts the store has never seen (``ccrl.agent.eval_sessions``).
 
 ``ccrl ab`` shows held-out prompts with two anonymised plans and records which one you take for
 Claude's; ``ccrl ab report`` shows how often people guess wrong, per version, with the
@@ -108,7 +111,8 @@ def _show(report: dict[str, Any], plot: str | None) -> None:
     table = Table(title=f"{what} ({report['phase']}) on dataset v{report['dataset_version']}'s held-out split",
                   caption=f"{counts.get('decisions', 0)} decisions from {counts.get('eval_traces', 0)} held-out traces"
                           f" ({counts.get('decisions_too_long', 0)} longer prefixes left out), "
-                          f"{counts.get('plans', 0)} plans; value and 95% interval; ★ primary, ↓ lower is better")
+                          f"{counts.get('plans', 0)} plans; {report.get('fold', 'all')} fold; value and 95% interval "
+                          f"({report.get('interval_method') or 'Wilson score'}); ★ primary, ↓ lower is better")
     table.add_column("metric", style="bold", no_wrap=True)
     for subject in subjects:
         table.add_column(SUBJECT_TITLES.get(subject, subject), justify="right")
@@ -123,7 +127,7 @@ def _show(report: dict[str, Any], plot: str | None) -> None:
     for name, diff in report.get("paired", {}).items():
         if diff.get("low") is not None:
             _out.print(f"  [dim]paired difference vs {name}: {diff['value']:+.3f} [{diff['low']:+.2f}, {diff['high']:+.2f}] "
-                       f"over {diff['n']} decisions[/dim]")
+                       f"over {diff['n']} decisions ({diff.get('method', 'bootstrap')})[/dim]")
     for name, error in report.get("errors", {}).items():
         _out.print(f"[yellow]not measured:[/yellow] {escape(name)}: {escape(error)}")
     for note in report.get("notes", []):
@@ -132,14 +136,69 @@ def _show(report: dict[str, Any], plot: str | None) -> None:
         _out.print(f"plot of every metric across versions: {escape(plot)}")
 
 
+def _show_sessions(report: dict[str, Any]) -> None:
+    subjects = [s for s in ("base", "most_frequent", "bigram", "candidate") if s in report["models"]]
+    cand = report["candidate"]
+    what = f"model version {cand['version']}" if cand["version"] is not None else f"training run {cand['run']}"
+    for chain, title in ((None, "all decisions"), ("main", "main chain"), ("subagent", "subagents")):
+        block = report if chain is None else report["chains"][chain]
+        if chain is not None and not block["decisions"]:
+            continue
+        table = Table(title=f"{what} ({cand['form']}) on {block['decisions']} decisions from {block['sessions']} "
+                            f"unseen sessions: {title}",
+                      caption=f"value and 95% interval ({report['interval_method']})")
+        table.add_column("metric", style="bold", no_wrap=True)
+        for subject in subjects:
+            table.add_column(SUBJECT_TITLES.get(subject, subject), justify="right")
+        for key, label in METRIC_ROWS[:3]:
+            table.add_row(label, *[_cell(block["models"][s][key]) for s in subjects])
+        _out.print(table)
+    for name, diff in report["paired"].items():
+        interval = (f" [{diff['low']:+.2f}, {diff['high']:+.2f}]" if diff.get("low") is not None else "")
+        _out.print(f"paired {name.replace('_vs_', ' vs ')}: {diff['diff']:+.3f}{interval} over {diff['n']} decisions")
+    _out.print(f"sessions: {report['sessions_found']} found, {report['sessions_opted_out']} opted out, "
+               f"{report['excluded_seen']} excluded as seen in training, {report['sessions_purged']} purged; "
+               f"skipped decisions: {report['skipped'] or 'none'}")
+    for name, error in report.get("errors", {}).items():
+        _out.print(f"[yellow]not measured:[/yellow] {escape(name)}: {escape(error)}")
+
+
+def _eval_sessions(settings: Any, folder: str, version: int | None, run: int | None, max_decisions: int, seed: int,
+                   json_out: bool) -> None:
+    from ccrl.agent.eval_sessions import SessionsEvalError, evaluate_sessions
+
+    version_id, run_id = _target(settings, version, run)
+    try:
+        report = evaluate_sessions(folder, version_id=version_id, run_id=run_id, max_decisions=max_decisions,
+                                   seed=seed, settings=settings, progress=_progress())
+    except SessionsEvalError as exc:
+        _fail(str(exc))
+    except ModuleNotFoundError as exc:
+        _fail(f"evaluation needs the '{exc.name}' package: pip install 'ccrl[train]'")
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _show_sessions(report)
+
+
 def eval_command(
     version: int | None = typer.Option(None, "--version", help="Model version number (default: the newest)."),
     run: int | None = typer.Option(None, "--run", help="A finished training run not exported yet."),
+    sessions: str | None = typer.Option(
+        None, "--sessions", metavar="DIR",
+        help="Score on Claude Code transcripts under DIR (the `ccrl import` layout) instead of the held-out split; "
+             "nothing is written to the store."),
+    max_decisions: int = typer.Option(300, "--max-decisions", min=1, help="With --sessions: decisions scored at most "
+                                                                          "(a seeded sample when there are more)."),
+    seed: int = typer.Option(0, "--seed", help="With --sessions: seed of the sample and the bootstrap."),
+    fold: str | None = typer.Option(None, "--fold", help="Held-out fold: test (default; reported figures and the gate), "
+                                                         "dev (for choosing settings) or all."),
     wait: bool = typer.Option(False, "--wait", help="Wait while the agent (or another command) holds the pipeline."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Evaluate a model on the held-out split against the base, the baselines and the deployed
-    version, and apply the deployment gate (recorded on the version)."""
+    version, and apply the deployment gate (recorded on the version); or, with --sessions, on
+    transcripts the store has never seen (no gate, nothing recorded)."""
     from ccrl.agent.config import get_settings
     from ccrl.agent.eval_history import history, plot_history
     from ccrl.agent.gate import GateError, evals_dir, evaluate_candidate
@@ -147,15 +206,23 @@ def eval_command(
 
     if version is not None and run is not None:
         _fail("give --version or --run, not both", 2)
+    if fold is not None and fold not in ("test", "dev", "all"):
+        _fail(f"unknown fold {fold!r}: use test, dev or all", 2)
+    if sessions is not None and fold is not None:
+        _fail("--fold chooses held-out sessions of the dataset; --sessions reads other sessions: give one", 2)
     settings = get_settings()
     from ccrl.agent.logging_setup import configure_logging
 
     # The gate logs its decision: to stderr (the process's own), never into --json's stdout.
     configure_logging(settings.agent.log_level, stream=sys.__stderr__)
+    if sessions is not None:
+        _eval_sessions(settings, sessions, version, run, max_decisions, seed, json_out)
+        return
     version_id, run_id = _target(settings, version, run)
     try:
         with manual_command("ccrl eval", wait=wait, home=settings.home):
-            report = evaluate_candidate(version_id, training_run_id=run_id, settings=settings, progress=_progress())
+            report = evaluate_candidate(version_id, training_run_id=run_id, settings=settings, progress=_progress(),
+                                        fold=fold or "test")
     except LockBusy as busy:
         _fail(f"{busy}; try again later or pass --wait")
     except GateError as exc:
