@@ -277,6 +277,16 @@ class Removal:
                 "files_removed": self.files_removed, "remaining": self.remaining}
 
 
+def unreadable_note(settings: Settings, dataset: DatasetHit) -> str:
+    """Why a dataset version's membership is unknown, and what to do."""
+    from ccrl.agent.forward import is_remote
+
+    where = (f"are not on this machine (the store is shared: run `{DERIVED_COMMAND}` on the machine that trains)"
+             if is_remote(settings) else f"are no longer at {dataset.path}")
+    return (f"dataset v{dataset.number}: its rows {where}, so ccrl cannot tell whether it, or a model trained on it, "
+            "holds purged data")
+
+
 def _remove_from_ollama(settings: Settings, found: Derived, removal: Removal, host: str | None) -> None:
     """Delete the tags of the versions that go. The deployed one's ``latest`` goes back to the
     rollback target when that was built without purged data (``ccrl rollback``), else it is
@@ -402,6 +412,15 @@ def _remove_files(settings: Settings, found: Derived, removal: Removal) -> None:
     from ccrl.agent.gate import evals_dir
     from ccrl.agent.training import models_dir
 
+    from ccrl.agent.forward import is_remote
+
+    if is_remote(settings):  # a shared store: rows name files of the machine that made them
+        recorded = [d.path for d in found.datasets] + [r.output_dir for r in found.runs] + \
+            [m.gguf_path for m in found.models] + [e.details_path for e in found.evaluations]
+        for path in filter(None, recorded):
+            if not Path(path).exists():
+                removal.remaining.append(f"{path}: not on this machine (the store is shared); delete it on the "
+                                         "machine that made it")
     for dataset in found.datasets:
         _remove_dataset_folder(settings, Path(dataset.path), removal)
     owned = ([(r.output_dir, models_dir(settings), f"training run {r.id}") for r in found.runs]
@@ -422,8 +441,9 @@ def _remove_files(settings: Settings, found: Derived, removal: Removal) -> None:
 def remove_derived(settings: Settings, *, everything: bool = False, host: str | None = None) -> Removal:
     """Find (again, under the locks) and remove everything built from purged data.
 
-    Holds the pipeline lock (no training, export, evaluation or deployment meanwhile) and the
-    dataset build lock (a build that started before the purge finishes first and is found).
+    Holds the pipeline lock (no training, export, evaluation or deployment meanwhile), the
+    dataset build lock (a build that started before the purge finishes first and is found) and,
+    on a shared store, the trainer lock (no training agent on another machine meanwhile).
     Raises ``DerivedError`` when a lock stays busy, ``deploy.DeployError`` when Ollama cannot
     remove a tag (nothing else was removed then; run it again).
     """
@@ -437,19 +457,21 @@ def remove_derived(settings: Settings, *, everything: bool = False, host: str | 
     except LockBusy as busy:
         raise DerivedError(f"{busy}: the agent is training, exporting or deploying; run `{DERIVED_COMMAND}` "
                            "again when it is done") from busy
+    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
+
     try:
-        with build.hold("ccrl purge --derived", wait=True, timeout=LOCK_TIMEOUT_S):
+        with build.hold("ccrl purge --derived", wait=True, timeout=LOCK_TIMEOUT_S), manual_trainer_lock(settings):
             found = find_derived(settings, purged_data(settings), everything=everything)
             removal = Removal(removed=found)
             _remove_from_ollama(settings, found, removal, host)
             _delete_rows(settings, found)
             _remove_files(settings, found, removal)
-            for dataset in found.unreadable:
-                removal.remaining.append(
-                    f"dataset v{dataset.number}: its rows are no longer at {dataset.path}, so ccrl cannot tell "
-                    "whether it held purged data (nor the models trained on it)")
+            removal.remaining += [unreadable_note(settings, d) for d in found.unreadable]
     except LockBusy as busy:
         raise DerivedError(f"{busy}: a dataset is being built; run `{DERIVED_COMMAND}` again when it is done") from busy
+    except TrainerLockError as exc:
+        raise DerivedError(f"{exc}; run `{DERIVED_COMMAND}` on the machine that trains (its files and Ollama "
+                           "models are there) when its agent is stopped") from exc
     finally:
         pipeline.release()
     return removal

@@ -126,3 +126,26 @@ def test_the_summary_says_what_postgresql_cannot_reclaim_and_it_is_true(pg_home,
     out = " ".join(text_result.stdout.split())
     assert "What remains: postgresql: dead tuples: PostgreSQL only marks deleted rows dead" in out
     assert "Compacted: inbox" in out
+
+
+def test_on_a_shared_store_derived_says_which_dataset_rows_are_not_on_this_machine(pg_home, monkeypatch):
+    """The trainer's dataset folders are on the trainer's machine: a member's purge cannot read
+    them, and says so with where to run ``--derived`` instead of claiming nothing holds the data."""
+    from ccrl.agent.cli import app
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import DatasetVersion
+
+    _capture(monkeypatch, "alice", "alice-laptop", "a1", "/work/p", T0, 2)
+    with session_scope() as db:
+        db.add(DatasetVersion(number=1, path="/srv/trainer-box/ccrl/datasets/v1"))
+    runner = CliRunner()
+    preview = runner.invoke(app, ["purge", "--session", "a1", "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    note = " ".join(preview.stderr.split())
+    assert "dataset v1: its rows are not on this machine (the store is shared: run `ccrl purge --derived` on the " \
+           "machine that trains)" in note
+    result = runner.invoke(app, ["purge", "--session", "a1", "--derived", "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    derived = json.loads(result.stdout)["derived"]
+    assert derived["removed"] is True and derived["found"]["unreadable"][0]["number"] == 1
+    assert any("not on this machine" in line for line in derived["remaining"])

@@ -97,6 +97,8 @@ def _derived_json(found: Any, removal: Any, command: str | None) -> dict[str, An
 
 
 def _print_derived(found: Any, removal: Any, command: str | None) -> None:
+    from ccrl.agent.purge_derived import unreadable_note
+
     lines = _derived_lines(found)
     if removal is not None:
         if lines:
@@ -121,8 +123,7 @@ def _print_derived(found: Any, removal: Any, command: str | None) -> None:
             _out.print(f"  {escape(line)}")
         _out.print(f"Remove them, with their files and Ollama tags: [bold]{escape(command or '')}[/bold]")
     for d in found.unreadable:
-        _err.print(f"[yellow]unknown:[/yellow] dataset v{d.number}: its rows are no longer at {escape(d.path)}, so "
-                   "ccrl cannot tell whether it (or a model trained on it) holds purged data")
+        _err.print(f"[yellow]unknown:[/yellow] {escape(unreadable_note(get_settings(), d))}")
 
 
 def _everything(settings: Any, target: Any) -> bool:
