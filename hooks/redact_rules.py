@@ -43,11 +43,11 @@ _LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\[nr]|\\*"[ \t]*(?:[,}\]:\r\n]|$)|$))"""
 # quote has exactly the backslashes of the opening one, so escaped quotes inside are part of the
 # value. Each step consumes a character or a whole run of backslashes (no backtracking inside a
 # run); a value never spans a line.
-_DQ_VALUE = (r"""(?P<q>\\{0,7})(?P<dq>")(?P<dv>(?:[^"\\\r\n]|\\+[^"\\\r\nnrt]|(?!(?P=q)")\\+")*)"""
+_DQ_VALUE = (r"""(?P<q>\\{0,7})(?P<dq>")(?P<dv>(?:[^"\\\r\n]|\\+[^"\\\r\nnrt]|(?!(?P=q)")\\+")*+)"""
              r"""(?P=q)(?P<dq2>")""")
-_SQ_VALUE = r"""(?P<sq>')(?P<sv>(?:[^'\\\r\n]|\\+[^\\\r\nnrt])*)(?P<sq2>')"""
+_SQ_VALUE = r"""(?P<sq>')(?P<sv>(?:[^'\\\r\n]|\\+[^\\\r\nnrt])*+)(?P<sq2>')"""
 # An unquoted value: one token (a shell word, a YAML scalar up to the next space).
-_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,})"""
+_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,}+)"""
 
 # Names that mark the value assigned to them as a secret. The pattern matches only the name's
 # tail (the callback recovers the whole name: anchoring on a literal keeps the scan fast). The
@@ -233,7 +233,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
      ("password", "pwd"), None),
     # Command-line credentials.
     ("cli_password",
-     r"(?<![\w\-])((?:mysql\w*|mariadb\w*)(?:[ \t][^\r\n|;&\\]{0,300}?)?[ \t]-p)(?P<v>" + _CLI_VALUE + r")",
+     r"(?<![\w\-])((?:mysql\w*|mariadb\w*)(?:[ \t]+[^\s|;&\\]+){0,12}?[ \t]+-p)(?P<v>" + _CLI_VALUE + r")",
      ("mysql", "mariadb"), None),
     ("cli_password", r"(?<![\w\-])(sshpass(?:[ \t]+-[a-oq-zA-Z]\S*){0,4}[ \t]+-p[ \t]*)(?P<v>" + _CLI_VALUE + r")",
      ("sshpass",), None),
@@ -257,7 +257,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     ("secret",
      r"(?i)" + _LINE_START + r"(?P<pre>[ \t]*(?:-[ \t]+)?[A-Za-z0-9_.\-]{0,60}?" + _SECRET_NAME_TAIL + r")"
      r"(?P<sep>[ \t]*:[ \t]+|[ \t]+=[ \t]*|[ \t]*=[ \t]+)"
-     r"""(?P<lv>[^\s"'\\`#][^\r\n"'\\`]{2,}?)""" + _LINE_END,
+     r"""(?P<lv>[^\s"'\\`#][^\r\n"'\\`]{2,}+)""" + _LINE_END,
      _SECRET_NAME_MARKERS, None),
     # NAME=value, name: "value", "name": "value", export NAME='value', --password=value,
     # config["password"] = "value". An unquoted value is one word here; whether it is code

@@ -473,3 +473,58 @@ ORDINARY_CASES: list[tuple[str, str, str | None]] = [
     ("placeholder", "api_key: <your-api-key>\nAPI_KEY=${API_KEY}\ntoken: '***'", None),
     ("already-redacted-corpus", "export API_KEY=REDACTED and token=[REDACTED]", None),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial inputs: long runs of what makes a pattern start, continue or backtrack, with the
+# output they must give. A pattern that rescans (quadratic) or backtracks (exponential) takes
+# minutes on these; a linear one, milliseconds (benchmarks/redact_rules.py times them).
+
+def adversarial_inputs(size: int = 300_000) -> list[tuple[str, str, str]]:
+    """``(case_id, text, expected redaction)``, each text about ``size`` characters."""
+    items: list[tuple[str, str, str]] = []
+
+    def rep(unit: str) -> str:
+        return unit * max(1, size // len(unit))
+
+    def adv(case_id: str, text: str, expected: str | None = None) -> None:
+        items.append((case_id, text, text if expected is None else expected))
+
+    n = lambda unit: max(1, size // len(unit))  # noqa: E731 (how many times rep() repeats unit)
+    adv("url-scheme-colon", rep("a://b:"))
+    adv("url-separators", rep("://"))
+    adv("url-password-colons-no-at", "x://u:" + rep("p:"))
+    adv("url-password-many-at", "x://u:" + rep("p@"), "x://u:[REDACTED:url_password]@")
+    adv("url-user-no-colon", rep("://user@"))
+    adv("jwt-dash-runs", rep("-eyJ"))
+    adv("jwt-one-run", rep("eyJ"))
+    adv("jwt-first-part-only", rep("eyJaaaaa.x"))
+    adv("jwt-two-parts", rep("eyJhbGciOi.eyJzdWIiOi "), "[REDACTED:jwt] " * n("eyJhbGciOi.eyJzdWIiOi "))
+    k = n('token="')
+    adv("secret-unclosed-quotes", rep('token="'), 'token="[REDACTED:secret]"' * (k // 2) + 'token="' * (k % 2))
+    adv("secret-backslash-run", 'password="' + "\\" * size)
+    adv("secret-escaped-quotes-unclosed", 'password="' + rep('\\"'))
+    adv("secret-nested-level-quotes", "password=" + rep('\\\\\\"x'))
+    adv("secret-separator-spaces", "token" + " " * size + "x")
+    adv("secret-name-run", "a" * size + "_token=abc123", "a" * size + "_token=[REDACTED:secret]")
+    adv("secret-assignment-chain", rep("x_token="), "x_token=[REDACTED:secret]")
+    adv("line-value-trailing-spaces", "\npassword: a" + " " * size + "'x")
+    adv("line-many-starts", rep("\npassword: x y"), "\npassword: [REDACTED:secret]" * n("\npassword: x y"))
+    adv("line-quote-starts", rep("'password "))
+    adv("pem-begin-lines", rep("-----BEGIN PRIVATE KEY-----"), "[REDACTED:private_key]" * n("-----BEGIN PRIVATE KEY-----"))
+    adv("pem-dashes", "-----BEGIN PRIVATE KEY-----" + "-" * size, "[REDACTED:private_key]")
+    adv("pem-base64-prefix", rep("LS0tLS1CRUdJTi"))
+    adv("mysql-words", rep("mysql "))
+    adv("cli-flag-dashes", rep("--a-"))
+    adv("cli-user-flags", rep("curl -u "))
+    adv("cli-password-flags", rep("--password "))
+    adv("bearer-words", rep("Bearer "))
+    adv("authorization-words", rep("Authorization: "))
+    adv("xml-open-tags", rep("<password>a"))
+    adv("connection-string-empty", rep(";password="))
+    adv("netrc-logins", rep(" login x"))
+    adv("telegram-digit-run", "1" * size + ":AA")
+    adv("hex-run", "a" * size + "-us1")
+    adv("token-prefix-run", rep("sk-"))
+    adv("hf-underscores", rep("hf_a"))
+    return items
