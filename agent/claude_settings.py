@@ -112,6 +112,52 @@ def is_ccrl_hook(hook: Any) -> bool:
     )
 
 
+def runs_ccrl_hook(command: str) -> bool:
+    """Whether a command ccrl did not write still runs ccrl's capture hook: a hand-made entry
+    (the ``ccrl-hook`` script, ``python -m ccrl.hooks.capture``, ccrl's capture.py by path).
+    It is the user's and stays as it is; it is worth a word, as it captures every event again."""
+    if is_ccrl_command(command):
+        return False
+    from shlex import split
+
+    try:
+        tokens = split(command)
+    except ValueError:
+        tokens = command.split()
+    while tokens and ("=" in tokens[0] and not tokens[0].startswith("=") or tokens[0] in ("env", "exec")):
+        tokens = tokens[1:]
+    if not tokens:
+        return False
+    if os.path.basename(tokens[0]) == "ccrl-hook":
+        return True
+    if not os.path.basename(tokens[0]).startswith("python"):
+        return False
+    if "ccrl.hooks.capture" in tokens[1:] and tokens[tokens.index("ccrl.hooks.capture") - 1] == "-m":
+        return True
+    return any(_is_capture_script(token) for token in tokens[1:] if os.path.basename(token) == "capture.py")
+
+
+def _is_capture_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(hook_commands.CAPTURE_SCRIPT_MARKER)) == hook_commands.CAPTURE_SCRIPT_MARKER
+    except OSError:
+        return False
+
+
+def hand_made_ccrl_entries(settings: dict[str, Any]) -> list[str]:
+    """The commands in ``settings`` that run ccrl's hook without being ccrl's (``runs_ccrl_hook``)."""
+    found = []
+    hooks = settings.get("hooks")
+    for groups in hooks.values() if isinstance(hooks, dict) else ():
+        for group in groups if isinstance(groups, list) else ():
+            for hook in group.get("hooks", ()) if isinstance(group, dict) else ():
+                command = hook.get("command") if isinstance(hook, dict) else None
+                if isinstance(command, str) and runs_ccrl_hook(command):
+                    found.append(command)
+    return list(dict.fromkeys(found))
+
+
 def command_program(command: str) -> str | None:
     """The interpreter a ccrl hook command runs (None for any other command)."""
     parsed = hook_commands.parse(command)
@@ -321,6 +367,8 @@ class Change:
     changed: bool
     created: bool = False
     backup: Path | None = None
+    # Entries of the user's that run ccrl's hook too (kept; see hand_made_ccrl_entries).
+    hand_made: list[str] = field(default_factory=list)
 
 
 def _read(path: Path) -> tuple[bytes | None, os.stat_result | None]:
@@ -379,7 +427,10 @@ def install(path: Path, command: str) -> Change:
     if not is_ccrl_command(command):
         # It could never be recognised again: a second install would add it twice.
         raise ValueError(f"not a command ccrl writes: {command!r} (use ccrl.hooks.command.hook_command)")
-    return update_settings_file(path, lambda s: with_ccrl_hooks(s, command), create=True)
+    change = update_settings_file(path, lambda s: with_ccrl_hooks(s, command), create=True)
+    raw, _ = _read(change.path)
+    change.hand_made = hand_made_ccrl_entries(parse_settings(raw, change.path)) if raw is not None else []
+    return change
 
 
 def uninstall(path: Path) -> Change:

@@ -657,3 +657,66 @@ def test_with_the_default_data_dir_the_command_still_pins_ccrl_home(home, monkey
     conn = sqlite3.connect(home / ".local" / "share" / "ccrl" / "inbox.db")
     assert [json.loads(r[0])["session_id"] for r in conn.execute("SELECT payload FROM inbox")] == ["s-default"]
     conn.close()
+
+
+def test_hand_made_entries_that_run_ccrls_hook_are_kept_and_named(home, tmp_path):
+    """An entry the user wrote themselves that runs ccrl's hook (the console script, the module,
+    ccrl's capture.py) is theirs: install keeps it, and says that events are captured twice."""
+    from ccrl.hooks import capture
+
+    users_own = tmp_path / ".claude" / "hooks" / "capture.py"
+    users_own.parent.mkdir(parents=True)
+    users_own.write_text("print('mine')\n")
+    hand_made = [
+        "ccrl-hook",
+        "/home/u/.venv/bin/ccrl-hook",
+        "CCRL_HOME=/x /home/u/.venv/bin/python -m ccrl.hooks.capture",
+        f"python3 {capture.__file__}",
+        f"env CCRL_DISABLE=0 /usr/bin/python3 -E {capture.__file__}",
+    ]
+    not_hand_made = [
+        COMMAND,
+        OLD_COMMAND,
+        "echo ccrl-hook",
+        "logger -t ccrl-hook done",
+        'python3 "$CLAUDE_PROJECT_DIR"/.claude/hooks/capture.py',
+        f"python3 {users_own}",
+        "python -m myccrl.hooks.capture",
+        "python -m ccrl.hooks.capture_extra",
+    ]
+    assert [c for c in hand_made if not claude_settings.runs_ccrl_hook(c)] == []
+    assert [c for c in not_hand_made if claude_settings.runs_ccrl_hook(c)] == []
+
+    path = home / ".claude" / "settings.json"
+    original = {"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": c}
+                                                                        for c in hand_made + not_hand_made[2:]]}]}}
+    write(path, original)
+    result = run_cli("hooks", "install", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["hand_made"] == hand_made
+    after = json.loads(path.read_text())
+    assert after["hooks"]["PreToolUse"][0] == original["hooks"]["PreToolUse"][0]
+    human = run_cli("hooks", "install")
+    assert "runs ccrl's hook as well" in human.stderr and "ccrl-hook" in human.stderr
+
+
+def test_status_and_doctor_point_at_a_legacy_installation(home, monkeypatch):
+    """Entries in the form earlier versions wrote still capture, but would block Claude Code
+    once ccrl is moved away: status and doctor say so, and install replaces them."""
+    from ccrl.hooks import capture
+
+    path = home / ".claude" / "settings.json"
+    write(path, expected_after_install(REALISTIC, hook_commands.render_legacy(sys.executable, capture.__file__, None)))
+
+    status = json.loads(run_cli("hooks", "status", "--json").stdout)["scopes"][0]
+    assert status["installed"] and status["runnable"] and status["legacy"] and status["homes"] == [None]
+    human = run_cli("hooks", "status")
+    assert "earlier ccrl" in " ".join(human.stderr.split()) and "ccrl hooks install --scope user" in human.stderr
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing answers: no wait on a real one
+    doctor = json.loads(run_cli("doctor", "--json").stdout)
+    (check,) = [c for c in doctor["checks"] if c["name"] == "hooks (user)"]
+    assert check["level"] == "warning" and "blocks every Claude Code session" in check["detail"]
+
+    assert run_cli("hooks", "install").exit_code == 0
+    status = json.loads(run_cli("hooks", "status", "--json").stdout)["scopes"][0]
+    assert status["up_to_date"] and not status["legacy"] and len(status["commands"]) == 1

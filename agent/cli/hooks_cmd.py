@@ -96,6 +96,7 @@ def install(
                 "command": command,
                 "events": list(HOOK_EVENTS),
                 "inbox": str(inbox),
+                "hand_made": change.hand_made,
             }
         )
         return
@@ -107,6 +108,10 @@ def install(
         if change.backup:
             _out.print(f"Previous file kept as {escape(str(change.backup))}.")
     _out.print(f"Hook command: {escape(command)}")
+    for other in change.hand_made:
+        _err.print(f"[yellow]note:[/yellow] your own entry {escape(other)!r} runs ccrl's hook as well, so events "
+                   f"are captured twice; ccrl left it as it is: remove it from {escape(str(change.path))} if it "
+                   "is an older hand-made copy.")
     if scope is Scope.project:
         _out.print(
             "[yellow]note:[/yellow] the project scope is usually committed; the command holds an "
