@@ -25,27 +25,11 @@ from typer.testing import CliRunner
 
 from agent_helpers import add_usable_traces
 from export_helpers import overfit_gguf, tiny_base
-from ollama_server import OllamaTestServer, build_go_renderer
+# The deploy tests' fixtures: the shared tiny model and GGUF files, and the Ollama API server.
+from test_deploy import go_binary, ollama_server, shared  # noqa: F401
 
 NAME = "cc-claude-agent"
 PURGED = "sess-00003"  # the session purged: only in dataset v2
-
-
-@pytest.fixture(scope="session")
-def shared(run_shared_dir) -> Path:
-    return run_shared_dir("export-shared")  # the same tiny model and GGUF files test_deploy builds
-
-
-@pytest.fixture(scope="session")
-def go_binary(tmp_path_factory) -> Path:
-    return build_go_renderer(tmp_path_factory.mktemp("go"))
-
-
-@pytest.fixture
-def ollama_server(tmp_path, go_binary, monkeypatch):
-    with OllamaTestServer(tmp_path / "ollama", go_binary) as server:
-        monkeypatch.setenv("OLLAMA_HOST", server.host)
-        yield server
 
 
 def _run(settings, *, phase: str, dataset_id: int, parent: int | None, base: Path) -> int:
@@ -277,3 +261,18 @@ def test_derived_stops_before_removing_anything_when_ollama_cannot_be_reached(li
     message = " ".join(result.stderr.split())
     assert "cannot reach Ollama" in message and "run `ccrl purge --derived` again" in message
     assert _rows(home) == before and Path(lineage["datasets"][2].path).is_dir()
+
+
+def test_when_every_model_holds_the_data_latest_is_deleted_too(lineage):
+    """A session in both dataset versions: every run, model and tag descends from it."""
+    data = _purge("--session", "sess-00000", "--derived")
+    assert data["counts"]["traces"] == 3
+    derived = data["derived"]
+    assert derived["found"]["counts"] == {"dataset_versions": 2, "training_runs": 4, "model_versions": 3,
+                                          "ollama_tags": 3, "evaluations": 3, "ab_votes": 1}
+    assert sorted(derived["ollama_deleted"]) == [f"{NAME}:latest", f"{NAME}:v1", f"{NAME}:v2"]
+    assert derived["latest"] == f"{NAME}:latest deleted: no model is deployed now"
+    assert _ollama_models() == {}
+    assert _rows(lineage["home"]) == {"dataset_versions": set(), "training_runs": set(), "model_versions": set(),
+                                      "evaluations": set(), "ab_votes": set()}
+    assert not any((lineage["home"] / "models").rglob("*.gguf"))
