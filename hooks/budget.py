@@ -11,7 +11,7 @@ anything else keeps its head followed by the marker (the drain quarantines it wi
 Redaction then runs on the result, so its cost is bounded by the budget too.
 """
 
-EVENT_BUDGET_BYTES = 1 << 20
+EVENT_BUDGET_BYTES = 256 << 10
 # A head needing more JSON tokens than this to repair (deeply nested or millions of tiny
 # values) is kept as raw bytes instead: the walk below is a Python loop, bounded by this.
 MAX_REPAIR_TOKENS = 200_000

@@ -30,7 +30,7 @@ pathological = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pathological)  # type: ignore[union-attr]
 
 SIZE = 50_000_000
-# Inputs whose head is JSON that the budget can close again: they stay usable hook events.
+# Inputs whose head is JSON that the budget must close again: they stay usable hook events.
 REPAIRED = {"single-line value", "a:a@ repeats", "eyJ repeats"}
 
 
@@ -54,18 +54,23 @@ def test_pathological_input_is_recorded_cut_with_a_marker(ccrl_home, name):
     note = budget.marker(budget.EVENT_BUDGET_BYTES, len(data)).encode()
     assert note in row
     assert len(row) < budget.EVENT_BUDGET_BYTES + 4096
-    if name in REPAIRED:
+    try:
         event = json.loads(row)
-        assert event[budget.TRUNCATED_KEY] == {"kept_bytes": budget.EVENT_BUDGET_BYTES,
-                                               "original_bytes": len(data), "note": note.decode()}
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or too deep or too many tokens to close (kept raw)
+        event = None
+    if name in REPAIRED:
+        assert event is not None
         assert event["hook_event_name"] == "PostToolUse"
         assert event["tool_response"]["stdout"].endswith(note.decode())
+    if event is not None:
+        assert event[budget.TRUNCATED_KEY] == {"kept_bytes": budget.EVENT_BUDGET_BYTES,
+                                               "original_bytes": len(data), "note": note.decode()}
     report = drain()
     assert report.read == 1 and report.stored + report.quarantined == 1
     with DBSession(get_engine()) as db:
         events = db.exec(select(HookEvent)).all()
         kept = db.exec(select(Quarantine)).all()
-    if name in REPAIRED:
+    if event is not None and isinstance(event.get("hook_event_name"), str):
         assert len(events) == 1 and events[0].payload[budget.TRUNCATED_KEY]["original_bytes"] == len(data)
     else:
         assert len(kept) == 1 and note in kept[0].payload
