@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ccrl.agent.wording import plural
+
 PRIMARY = "next_action"
 SUBJECT_ORDER = ("most_frequent", "bigram", "base", "deployed", "rl-parent", "candidate", "candidate-gguf")
 METRIC_COLUMNS = [
@@ -217,10 +219,10 @@ def _step_detail(step: Any) -> str:
         return (f"version {s.get('number')}: {s.get('train_traces')} train / {s.get('eval_traces')} held-out traces "
                 f"({s.get('eval_sessions')} held-out sessions, {s.get('eval_next_action_decisions')} held-out decisions)")
     if step.key == "sft":
-        return (f"run {s.get('run_id')}: {s.get('global_step')} steps, eval loss {_num(s.get('eval_loss_before'))} → "
+        return (f"run {s.get('run_id')}: {plural(s.get('global_step'), 'step')}, eval loss {_num(s.get('eval_loss_before'))} → "
                 f"{_num(s.get('eval_loss_after'))}")
     if step.key == "rl":
-        return (f"run {s.get('run_id')} ({str(s.get('algorithm') or 'grpo').upper()}): {s.get('global_step')} steps, held-out "
+        return (f"run {s.get('run_id')} ({str(s.get('algorithm') or 'grpo').upper()}): {plural(s.get('global_step'), 'step')}, held-out "
                 f"reward {_num(s.get('heldout_reward_before'))} → {_num(s.get('heldout_reward_after'))}")
     if step.key == "export":
         return f"model version {s.get('model_version')}: {s.get('quant')}, {_size(s.get('size_bytes'))}"
@@ -321,16 +323,17 @@ def _training_html(result: Any, images: dict[str, str]) -> str:
     parts = []
     if sft:
         parts.append(f"<p>SFT (LoRA, {_e(sft.get('device'))}, {_e(sft.get('quant'))}) from {_e(sft.get('base_model'))}: "
-                     f"{_e(sft.get('global_step'))} steps on {_e(sft.get('train_examples'))} examples "
+                     f"{_e(plural(sft.get('global_step'), 'step'))} on {_e(plural(sft.get('train_examples'), 'example'))} "
                      f"(max length {_e(sft.get('max_length'))}); held-out loss {_num(sft.get('eval_loss_before'))} before, "
                      f"{_num(sft.get('eval_loss_after'))} after; "
                      f"{_num(sft.get('tokens_per_second'))} tokens/s.</p>")
     if "loss_curve" in images:
         parts.append(f'<img src="{images["loss_curve"]}" alt="SFT loss curve">')
     if rl:
-        parts.append(f"<p>RL ({_e(str(rl.get('algorithm') or 'grpo').upper())}) on the SFT model: {_e(rl.get('global_step'))} "
-                     f"steps, {_e(rl.get('episodes'))} prompts x {_e(rl.get('num_generations'))} completions; mean "
-                     f"behavioural reward on {_e(rl.get('heldout_prompts'))} held-out prompts "
+        parts.append(f"<p>RL ({_e(str(rl.get('algorithm') or 'grpo').upper())}) on the SFT model: "
+                     f"{_e(plural(rl.get('global_step'), 'step'))}, {_e(plural(rl.get('episodes'), 'prompt'))} x "
+                     f"{_e(plural(rl.get('num_generations'), 'completion'))}; mean "
+                     f"behavioural reward on {_e(plural(rl.get('heldout_prompts'), 'held-out prompt'))} "
                      f"{_num(rl.get('heldout_reward_before'))} before, {_num(rl.get('heldout_reward_after'))} after.</p>")
     if "reward_curve" in images:
         parts.append(f'<img src="{images["reward_curve"]}" alt="RL reward curve">')

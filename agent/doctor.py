@@ -371,6 +371,7 @@ def check_service_runtime(settings: Settings) -> list[Check]:
     last READY/STATUS it sent, the last cycle, and errors in the journal over the last day.
     Nothing when the unit is not installed or systemd is unreachable (``check_service`` says so)."""
     from ccrl.agent import service
+    from ccrl.agent.wording import plural
 
     try:
         installed = (service.unit_dir() / service.UNIT_NAME).is_file()
@@ -390,7 +391,7 @@ def check_service_runtime(settings: Settings) -> list[Check]:
                             "systemctl --user start ccrl-agent"))
     elif active == "active" and restarts:
         # Result is the last stop's reason until another stop overwrites it.
-        detail = f"active ({sub}), restarted {restarts} time(s) since it was started"
+        detail = f"active ({sub}), restarted {plural(restarts, 'time')} since it was started"
         checks.append(Check("service state", WARNING, detail + (f"; last time {why}" if result != "success" else ""),
                             f"{logs} -p warning says why"))
     elif active == "active":
@@ -416,8 +417,9 @@ def check_service_runtime(settings: Settings) -> list[Check]:
         last = errors[-1].get("MESSAGE") or "?"
         if isinstance(last, list):  # journalctl gives binary-unsafe values as byte lists
             last = bytes(last).decode(errors="replace")
-        checks.append(Check("journal", WARNING, f"{len(errors)}{'+' if len(errors) >= 20 else ''} error(s) from the "
-                            f"agent in the last 24 hours; the latest: {last}", f"{logs} -p err --since -24h"))
+        count = plural(len(errors), "error") if len(errors) < 20 else "20+ errors"
+        checks.append(Check("journal", WARNING, f"{count} from the agent in the last 24 hours; the latest: {last}",
+                            f"{logs} -p err --since -24h"))
     else:
         checks.append(Check("journal", OK, "no errors from the agent in the last 24 hours"))
     return checks

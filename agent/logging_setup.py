@@ -14,7 +14,8 @@ Where the output goes depends on where the process runs:
 - **plain**: anywhere else (pipes, files), the same renderer without colours.
 
 Standard-library loggers (APScheduler, transformers in a child step) are routed through the
-same pipeline, so nothing prints around it.
+same pipeline, so nothing prints around it. ``silence_library_noise`` drops the few library log
+lines that mean nothing to a ccrl user, each matched by its logger and exact wording.
 """
 
 from __future__ import annotations
@@ -254,6 +255,34 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
+# (logger, start of the message): library lines that say nothing a ccrl user can act on.
+LIBRARY_NOISE: tuple[tuple[str, str], ...] = (
+    # bitsandbytes on a CPU with AVX512-BF16 tries to fetch an optional 4-bit CPU kernel through the
+    # `kernels` package and warns when that is not installed; ccrl never trains in 4 bits on a CPU.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+
+
+class _DropMessage(logging.Filter):
+    """Drops records whose (unformatted) message starts with ``prefix``; everything else passes."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def silence_library_noise() -> None:
+    """Install the ``LIBRARY_NOISE`` filters on their loggers (before or after the library is
+    imported: a logger is the same object for every ``getLogger`` of its name). Idempotent."""
+    for name, prefix in LIBRARY_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
+
+
 def configure_logging(
     level: str = "info",
     mode: str | None = None,
@@ -268,6 +297,7 @@ def configure_logging(
     ``console`` or ``plain``.
     """
     stream = sys.stderr if stream is None else stream
+    silence_library_noise()
     mode = mode or detect_mode(stream=stream)
     min_level = _LEVEL_NUMBERS.get(level.lower(), logging.INFO)
     shared: list[Any] = [
