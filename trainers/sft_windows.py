@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS, Cost, Message, Window, plan_windows
+from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS, Cost, Message, Window, WindowPlan, plan_windows
 
 REPLAN_ATTEMPTS = 6
 
@@ -101,27 +101,32 @@ def encode_window(tokenizer: Any, window: Window, tools: list[dict[str, Any]] | 
     return {"input_ids": ids, "assistant_masks": mask}
 
 
-def window_examples(tokenizer: Any, messages: list[Message], max_length: int, *,
-                    tools: list[dict[str, Any]] | None = None,
-                    shortened_result_tokens: int = DEFAULT_SHORTENED_RESULT_TOKENS,
-                    max_targets: int | None = None, stats: WindowStats | None = None) -> list[dict[str, list[int]]]:
-    """One conversation's examples, each at most ``max_length`` tokens, every decision a target
-    of exactly one of them (save those that no window of the budget can hold, counted in
-    ``stats``)."""
+def fitted_windows(tokenizer: Any, messages: list[Message], max_length: int, *,
+                   tools: list[dict[str, Any]] | None = None,
+                   shortened_result_tokens: int = DEFAULT_SHORTENED_RESULT_TOKENS,
+                   max_targets: int | None = None) -> tuple[WindowPlan, list[tuple[Window, dict[str, list[int]]]]]:
+    """A conversation's windows with their encodings, each at most ``max_length`` tokens (a
+    window still over it after the re-plans is left out, its decisions untrained)."""
     cost = token_cost(tokenizer, tools)
     budget = max_length
-    encoded: list[dict[str, list[int]]] = []
-    windows: list[Window] = []
     for _attempt in range(REPLAN_ATTEMPTS):
         plan = plan_windows(messages, budget, cost, shortened_result_tokens=shortened_result_tokens,
                             max_targets=max_targets)
-        windows = plan.windows
-        encoded = [encode_window(tokenizer, w, tools) for w in windows]
+        encoded = [encode_window(tokenizer, w, tools) for w in plan.windows]
         over = max((len(e["input_ids"]) - max_length for e in encoded), default=0)
         if over <= 0:
             break
         budget -= over
-    kept = [(w, e) for w, e in zip(windows, encoded) if len(e["input_ids"]) <= max_length]
+    return plan, [(w, e) for w, e in zip(plan.windows, encoded) if len(e["input_ids"]) <= max_length]
+
+
+def window_examples(tokenizer: Any, messages: list[Message], max_length: int, *,
+                    tools: list[dict[str, Any]] | None = None,
+                    shortened_result_tokens: int = DEFAULT_SHORTENED_RESULT_TOKENS,
+                    max_targets: int | None = None, stats: WindowStats | None = None) -> list[dict[str, list[int]]]:
+    """One conversation's examples (:func:`fitted_windows`), counted into ``stats``."""
+    plan, kept = fitted_windows(tokenizer, messages, max_length, tools=tools,
+                                shortened_result_tokens=shortened_result_tokens, max_targets=max_targets)
     if stats is not None:
         stats.conversations += 1
         stats.decisions += plan.decisions

@@ -128,7 +128,7 @@ _JSON_CHAR = re.compile(r'\\u[0-9a-fA-F]{4}|\\.|[^\\]', re.DOTALL)
 def _cut_json_string(inner: str, limit: int) -> str:
     """A JSON string literal's body cut after ``limit`` characters (never inside an escape)."""
     chars = _JSON_CHAR.findall(inner)
-    if len(chars) <= limit:
+    if len(chars) <= limit + len(_cut_marker(len(chars))):  # cutting would not shorten it
         return inner
     return "".join(chars[:limit]) + _cut_marker(len(chars) - limit)
 
@@ -147,7 +147,7 @@ def cut_arguments(arguments: str, limit: int) -> str:
 def _cut_message(message: Message, limit: int, calls: int) -> Message:
     content = message.get("content")
     out = dict(message)
-    if isinstance(content, str) and len(content) > limit:
+    if isinstance(content, str) and len(content) > limit + len(_cut_marker(len(content))):
         out["content"] = content[:limit] + _cut_marker(len(content) - limit)
     tool_calls = list(message.get("tool_calls") or [])[:calls]
     if message.get("tool_calls"):
@@ -231,6 +231,11 @@ class _Conversation:
         self.short: list[tuple[list[Message], int]] = [shorten_results(t, shortened_result_tokens) for t in self.turns]
         self.short_cost = [sum(cost(m) for m in t) if n else self.full_cost[k] for k, (t, n) in enumerate(self.short)]
         self.user_index = max((i for i, m in enumerate(self.head) if m.get("role") == "user"), default=None)
+        self.marker_reserve = 0  # room a window after the first keeps for the dropped-turns marker
+        if self.user_index is not None and self.turns:
+            user = self.head[self.user_index]
+            marked = {**user, "content": (user.get("content") or "") + dropped_turns_marker(len(self.turns))}
+            self.marker_reserve = cost(marked) - cost(user)
 
     def history(self, end: int, avail: int) -> tuple[list[Message], list[Message], int, int] | None:
         """The head and the turns before ``end`` fitted to ``avail`` tokens beside the head:
@@ -288,8 +293,9 @@ def plan_windows(messages: Sequence[Message], budget: int, cost: Cost, *,
 
     A window's targets are consecutive decisions (with the tool results between them), at most
     ``max_targets`` (None: as many as fill ``target_share`` of the room beside the head; the
-    first target is always taken whole when it fits at all). A decision no window can hold (the
-    head alone fills the budget) is listed in ``untrainable``.
+    first target is always taken whole when it fits at all, else cut at its tail to fill the room
+    by :func:`cut_target`). A decision no window can hold (the head alone fills the budget) is
+    listed in ``untrainable``.
     """
     convo = _Conversation(messages, budget, cost, shortened_result_tokens)
     plan = WindowPlan(decisions=len(convo.turns))
@@ -298,8 +304,9 @@ def plan_windows(messages: Sequence[Message], budget: int, cost: Cost, *,
     while i < len(convo.turns):
         first = convo.turns[i][0]
         cut = 0
-        if cost(first) > room:
-            shortened_first = cut_target(first, int(room * target_share) if room > 0 else room, cost)
+        limit = room - (convo.marker_reserve if i else 0)
+        if cost(first) > limit:
+            shortened_first = cut_target(first, limit, cost)
             if shortened_first is None:
                 plan.untrainable.append(i)
                 i += 1
@@ -312,7 +319,7 @@ def plan_windows(messages: Sequence[Message], budget: int, cost: Cost, *,
         while (end < len(convo.turns) and not cut and (max_targets is None or end - i < max_targets)):
             extra = convo.turns[end - 1][1:] + [convo.turns[end][0]]
             extra_cost = sum(cost(m) for m in extra)
-            if block_cost + extra_cost > room * target_share:
+            if block_cost + extra_cost > min(room * target_share, limit):
                 break
             block += extra
             block_cost += extra_cost
