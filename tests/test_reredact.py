@@ -31,6 +31,7 @@ from ccrl.agent.models import (
 )
 from ccrl.hooks import inbox, paths
 
+from postgres_helpers import pg_home, pg_server, pg_url  # noqa: F401  (fixtures)
 from test_secret_bytes import assert_nowhere_on_disk, detector_secrets
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
@@ -154,3 +155,22 @@ def test_rules_changing_triggers_a_new_pass_and_an_unchanged_store_names_nothing
     second = reredact.reredact_store()
     assert second.ran and second.previous == "older" and second.changed == 0
     assert "unchanged" in reredact.reredact_store().describe()
+
+
+def test_a_postgresql_store_is_reredacted_once_too(pg_home, tmp_path, monkeypatch):
+    """The same pass on a team's PostgreSQL store (the rows are rewritten; PostgreSQL keeps the
+    old row versions as dead tuples until a VACUUM FULL, which purge's summary names)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    ensure_local_stores()
+    cases = detector_secrets(seed=5)
+    places = ["prompt", "response", "reasoning", "steps", "tool_input", "tool_output", "hook_event", "quarantine"]
+    secrets = {place: cases[i % len(cases)][1] for i, place in enumerate(places)}
+    ids = _older_store(pg_home, secrets)
+    done = ingest().reredacted
+    assert (done["hook_events"], done["traces"], done["tool_calls"], done["quarantine"]) == (1, 1, 1, 1)
+    assert done["dataset_versions"] == [1] and [m["number"] for m in done["model_versions"]] == [1, 2]
+    with DBSession(get_engine()) as db:
+        leaky = db.get(Trace, ids["leaky"])
+        stored = json.dumps([leaky.prompt, leaky.response, leaky.reasoning, leaky.steps])
+    assert not any(cases[i % len(cases)][2] in stored for i in range(4))
+    assert ingest().reredacted == {}
