@@ -2,6 +2,9 @@
 
 A deployment, through the ``ollama`` Python client (which reads ``OLLAMA_HOST``):
 
+0. Refuse a name under which Ollama holds models ccrl did not create (``--force`` replaces them):
+   ``cc-claude-agent:latest`` is overwritten on every deployment, and ``--name llama3.2`` must
+   not replace the user's own ``llama3.2``.
 1. ``HEAD /api/blobs/<digest>``: does Ollama already have the GGUF? (The client has no call for
    it; the request goes through httpx, which the client is built on, to the same host.)
 2. Upload the GGUF only when it does not (``create_blob``; Ollama checks the digest).
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlmodel import select
 
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import session_scope
@@ -43,6 +49,7 @@ from ccrl.agent.versions import (
     list_versions,
     mark_deployed,
     mark_rolled_back,
+    models_root,
     rollback_target,
 )
 
@@ -303,6 +310,70 @@ def point_latest(tag: str, *, template: str, system: str, parameters: dict[str, 
     return latest
 
 
+_BLOB_DIGEST = re.compile(r"^FROM .*sha256[-:]([0-9a-f]{64})\s*$", re.MULTILINE)
+
+
+def _base_name(model: str) -> str:
+    """An Ollama model's name without its tag, as Ollama compares names: case-insensitively, the
+    default registry's prefix dropped (``llama3.2:1b`` and ``registry.ollama.ai/library/llama3.2``
+    are both ``llama3.2``)."""
+    name = model.strip().lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name
+
+
+def created_by_ccrl(show: Any, digests: set[str]) -> bool:
+    """Whether ccrl made the model that ``show`` describes: its weights are a GGUF ccrl exported
+    (the Modelfile's ``FROM`` names the blob by its sha256, which the store records for every
+    version), or its system prompt is the one ccrl registers (for a store that was reset)."""
+    from ccrl.agent.conversation import system_prompt
+
+    modelfile = getattr(show, "modelfile", None) or ""
+    if any(digest in digests for digest in _BLOB_DIGEST.findall(modelfile)):
+        return True
+    intro = system_prompt([]).split("\n\n", 1)[0]
+    return (modelfile_system(modelfile) or "").startswith(intro)
+
+
+def foreign_models(settings: Settings, name: str, host: str | None = None, number: int | None = None) -> list[str]:
+    """The models Ollama holds under ``name`` (any tag) that ccrl did not create (``number``: the
+    version being deployed, for the error messages)."""
+    import ollama
+
+    with session_scope(settings) as session:
+        digests = {d for d in session.exec(select(ModelVersion.gguf_sha256)) if d}
+    client = _client(host)
+    wanted = _base_name(name)
+    try:
+        tags = [m.model for m in client.list().models if m.model and _base_name(m.model) == wanted]
+        return [tag for tag in tags if not created_by_ccrl(client.show(tag), digests)]
+    except _transport_errors() as exc:
+        raise _unreachable(host, exc, number) from exc
+    except ollama.ResponseError as exc:
+        raise _ollama_failed(host, f"list the models named {name}", exc, number) from exc
+
+
+def _check_name_is_ccrls(settings: Settings, version: ModelVersion, name: str, host: str | None, *, action: str,
+                         force: bool = False, force_flags: str | None = None) -> list[str]:
+    """Refuse to register under a name whose models ccrl did not create (they would be
+    overwritten, or mixed with ccrl's versions) unless ``force``; returns those models. When
+    Ollama fails to answer, the failure is noted in the version's history."""
+    try:
+        foreign = foreign_models(settings, name, host, version.number)
+    except DeployError as exc:
+        record_failure(settings, version.id, str(exc))
+        raise
+    if foreign and not force:
+        it = "it" if len(foreign) == 1 else "them"
+        remedy = f"Pick another name with --name, or replace {it} with {force_flags}" if force_flags else \
+            "Give the name ccrl deploys under with --name"
+        raise VersionError(
+            f"Ollama already has {', '.join(foreign)}, which ccrl did not create (not built from a GGUF it exported, "
+            f"nor with its system prompt): {action} as {name} would overwrite or mix with {it}. Nothing was changed. "
+            f"{remedy}.")
+    return foreign
+
+
 def _check_deployable(version: ModelVersion, force: bool, reason: str | None) -> None:
     if force and not (reason and reason.strip()):
         raise VersionError("--force needs --reason: say why this version is deployed anyway (it is recorded)")
@@ -368,6 +439,8 @@ def deploy_version(model_version_id: int | None = None, *, number: int | None = 
         _check_deployable(version, force, reason)
         overrides_gate = force and (version.status == REJECTED or (version.gate or {}).get("passed") is not True)
         session.expunge(version)
+    replaced = _check_name_is_ccrls(settings, version, name, host, action=f"deploying model version {version.number}",
+                                    force=force, force_flags="--force --reason '...'")
     if not force:
         # The recorded decision holds only for the weights it judged: re-hashed here, and
         # evaluated again when they changed since (gate.require_pass).
@@ -388,14 +461,15 @@ def deploy_version(model_version_id: int | None = None, *, number: int | None = 
     with session_scope(settings) as session:
         row = session.get(ModelVersion, version.id)
         mark_deployed(session, row, registration.tag, forced_reason=reason if force else None, latest=latest,
-                      host=ollama_host(host), uploaded=registration.uploaded)
+                      host=ollama_host(host), uploaded=registration.uploaded,
+                      **({"replaced_models_ccrl_did_not_create": replaced} if replaced else {}))
         metrics = dict(row.metrics)
         metrics["ollama"] = {"tag": registration.tag, "latest": latest, "digest": registration.digest,
                              "system": system, "parameters": parameters}
         row.metrics = metrics
         session.add(row)
         session.flush()
-        apply_retention(session, settings.agent.keep_model_versions)
+        apply_retention(session, settings.agent.keep_model_versions, models_root(settings))
         session.flush()
         session.expunge(row)
     if overrides_gate:
@@ -420,6 +494,7 @@ def rollback(*, settings: Settings | None = None, reason: str | None = None, nam
                                "ones' files are gone): there is no version to roll back to")
         session.expunge(current)
         session.expunge(target)
+    _check_name_is_ccrls(settings, target, name, host, action=f"rolling back to model version {target.number}")
     template, system, parameters = registration_for(settings, target)
     registration, latest = _register_and_point(settings, target, template, system, parameters, name, host, progress)
     if progress is not None:

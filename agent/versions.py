@@ -15,7 +15,8 @@ retired version deployed most recently before the current one. Every change is a
 ``metrics["history"]`` (time, event, details), so a version's story can be read back.
 
 Retention keeps the GGUF files of the newest ``keep_model_versions`` versions and always those
-of the deployed version and of the rollback target; rows are never deleted.
+of the deployed version and of the rollback target; rows are never deleted, and it deletes only
+files inside ``CCRL_HOME/models``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DBSession
 from sqlmodel import select
@@ -33,6 +35,7 @@ from sqlmodel import select
 from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_dir, session_scope
 from ccrl.agent.models import DatasetVersion, ModelVersion, TrainingRun, utcnow
+from ccrl.agent.owned_paths import remove_owned_file
 
 CANDIDATE = "candidate"
 DEPLOYED = "deployed"
@@ -46,9 +49,14 @@ class VersionError(RuntimeError):
     """A version operation cannot be done; the message says why and what to do."""
 
 
+def models_root(settings: Settings) -> Path:
+    """``CCRL_HOME/models``: the only folder whose files retention deletes."""
+    return settings.home / "models"
+
+
 def gguf_dir(settings: Settings) -> Path:
     """``CCRL_HOME/models/gguf``: where published GGUF files live."""
-    return settings.home / "models" / "gguf"
+    return models_root(settings) / "gguf"
 
 
 def cache_dir(settings: Settings) -> Path:
@@ -161,10 +169,20 @@ def mark_rolled_back(session: DBSession, current: ModelVersion, target: ModelVer
     mark_deployed(session, target, tag, event="restored by rollback", rolled_back_from=current.number)
 
 
-def apply_retention(session: DBSession, keep: int) -> list[tuple[int, str]]:
+class Retention(NamedTuple):
+    """What one pass of retention did: ``(number, path)`` of the files it deleted, and of those
+    it left in place because they are not files inside ``CCRL_HOME/models``."""
+
+    removed: list[tuple[int, str]]
+    left_outside: list[tuple[int, str]]
+
+
+def apply_retention(session: DBSession, keep: int, models_root: Path) -> Retention:
     """Delete the GGUF files of versions beyond the newest ``keep``, except the deployed one and
-    the rollback target. Returns ``(number, path)`` of the removed files. A candidate whose file
-    is removed is retired (it cannot be deployed any more)."""
+    the rollback target. Only files inside ``models_root`` (``CCRL_HOME/models``; resolved,
+    symlinks followed) are deleted: a path the database names anywhere else is left as it is,
+    logged, and noted in the version's history. Either way the version no longer points at a
+    file, and a candidate is retired (it cannot be deployed any more)."""
     if keep < 1:
         raise VersionError("retention must keep at least 1 version")
     versions = list_versions(session)
@@ -172,22 +190,26 @@ def apply_retention(session: DBSession, keep: int) -> list[tuple[int, str]]:
     for version in (deployed_version(session), rollback_target(session)):
         if version is not None:
             protected.add(version.id)
-    removed = []
+    result = Retention([], [])
     for version in versions:
         if version.id in protected or not version.gguf_path:
             continue
         path = Path(version.gguf_path)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        removed.append((version.number, str(path)))
-        add_history(version, "file removed by retention", path=str(path), keep=keep)
+        if remove_owned_file(path, models_root):
+            result.removed.append((version.number, str(path)))
+            add_history(version, "file removed by retention", path=str(path), keep=keep)
+        else:
+            result.left_outside.append((version.number, str(path)))
+            add_history(version, "file left in place by retention: not a file inside ccrl's models folder",
+                        path=str(path), models_folder=str(models_root), keep=keep)
+            structlog.get_logger("ccrl.versions").warning(
+                "retention left a file alone", version=version.number, path=str(path),
+                why=f"not a file inside {models_root}: ccrl deletes only its own files; delete it yourself if unneeded")
         version.gguf_path = None
         if version.status == CANDIDATE:
             version.status = RETIRED
         session.add(version)
-    return removed
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +299,7 @@ def export_run(
             add_history(version, "exported", run=exported_run_id, quant=result.quant, sha256=result.sha256)
             session.add(version)
             session.flush()
-            apply_retention(session, keep)
+            apply_retention(session, keep, models_root(settings))
             session.flush()
             session.expunge(version)
     except IntegrityError as exc:

@@ -350,3 +350,151 @@ def test_the_cli(ollama_server, versions):
     assert nothing.returncode == 1 and "no version to roll back to" in nothing.stderr
     shown = run("models", "show", "1").stdout
     assert "rolled back" in shown and "deployed" in shown
+
+
+def _users_own_model(client, name: str, gguf: str, system: str = "You are my own assistant.") -> str:
+    """A model the user made themselves (``ollama create``): returns its digest in ``ollama list``."""
+    digest = client.create_blob(gguf)
+    for status in client.create(model=name, files={"own.gguf": digest}, template="{{ .Prompt }}", system=system,
+                                stream=True):
+        pass
+    assert status.status == "success"
+    return _digest(client, name if ":" in name else f"{name}:latest")
+
+
+def _forget_version(number: int) -> str:
+    """Drop a version's row, leaving its GGUF: a file ccrl never exported, as far as the store knows.
+    Returns its path."""
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.models import ModelVersion
+
+    with session_scope() as session:
+        row = session.get(ModelVersion, _rows()[number].id)
+        path = row.gguf_path
+        session.delete(row)
+    return path
+
+
+def test_deploy_refuses_a_name_holding_models_ccrl_did_not_create(ollama_server, versions):
+    """``ccrl deploy --name llama3.2`` with the user's own llama3.2 in Ollama: refused with what to do,
+    nothing changed, unless --force (with a reason), which is recorded."""
+    from ccrl.agent.deploy import deploy_version
+    from ccrl.agent.versions import VersionError
+
+    client = _client()
+    own = _forget_version(3)
+    latest = _users_own_model(client, "llama3.2", own)
+    small = _users_own_model(client, "llama3.2:1b", own, system="Another one of mine.")
+    other = _users_own_model(client, "mistral", own)
+    ollama_server.requests.clear()
+
+    with pytest.raises(VersionError) as refused:
+        deploy_version(number=1, name="llama3.2")
+    message = str(refused.value)
+    assert "llama3.2:latest" in message and "llama3.2:1b" in message and "did not create" in message
+    assert "--name" in message and "--force --reason" in message and "Nothing was changed" in message
+    assert not [r for r in ollama_server.requests if r[0] in ("POST", "DELETE") and r[1] != "/api/show"]
+    assert {m.model: m.digest for m in client.list().models} == {
+        "llama3.2:latest": latest, "llama3.2:1b": small, "mistral:latest": other}
+    assert _rows()[1].status == "candidate"
+
+    # The same through the CLI: a clear error, exit 1, no traceback.
+    ccrl = str(Path(sys.executable).parent / "ccrl")
+    proc = subprocess.run([ccrl, "deploy", "--version", "1", "--name", "LLAMA3.2"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 1 and "did not create" in proc.stderr and "Traceback" not in proc.stderr
+
+    # Names ccrl's own models, or no model at all, are fine; other names' models do not matter.
+    deploy_version(number=1)
+    deploy_version(number=2)
+    assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v2")
+
+    # --force (a reason required) replaces llama3.2:latest, and the version's history says so.
+    row = deploy_version(number=1, name="llama3.2", force=True, reason="my old llama3.2 experiment can go")
+    assert _digest(client, "llama3.2:latest") == _digest(client, "llama3.2:v1") != latest
+    assert _digest(client, "llama3.2:1b") == small
+    event = row.metrics["history"][-1]
+    assert event["event"] == "deployed" and event["reason"] == "my old llama3.2 experiment can go"
+    assert sorted(event["replaced_models_ccrl_did_not_create"]) == ["llama3.2:1b", "llama3.2:latest"]
+
+
+def test_rollback_refuses_a_name_holding_models_ccrl_did_not_create(ollama_server, versions):
+    from ccrl.agent.deploy import deploy_version, rollback
+    from ccrl.agent.versions import VersionError
+
+    client = _client()
+    deploy_version(number=1)
+    deploy_version(number=2)
+    latest = _users_own_model(client, "mine", _forget_version(3))
+    with pytest.raises(VersionError, match=r"Ollama already has mine:latest, which ccrl did not create"):
+        rollback(name="mine")
+    assert _digest(client, "mine:latest") == latest
+    assert _rows()[2].status == "deployed"
+
+
+def test_ccrl_knows_its_models_by_their_weights_or_its_system_prompt(ollama_server, versions):
+    """A model is ccrl's when its GGUF is one the store exported (by sha256) or, for a store that
+    was reset, when it carries ccrl's system prompt; same weights under another prompt are not."""
+    from ccrl.agent.conversation import system_prompt
+    from ccrl.agent.deploy import created_by_ccrl, deploy_version
+
+    client = _client()
+    deploy_version(number=1)
+    digests = {row.gguf_sha256 for row in _rows().values()}
+    shown = client.show(f"{NAME}:v1")
+    assert created_by_ccrl(shown, digests)
+    assert created_by_ccrl(shown, set())  # the store forgot it: its system prompt still says so
+    own = _forget_version(3)
+    _users_own_model(client, "lookalike", own, system=system_prompt([{"name": "Read"}]))
+    _users_own_model(client, "stranger", own)
+    assert created_by_ccrl(client.show("lookalike"), set())
+    assert not created_by_ccrl(client.show("stranger"), {row.gguf_sha256 for row in _rows().values()})
+
+
+def test_retention_deletes_only_files_inside_the_models_folder(ollama_server, versions, tmp_path, monkeypatch):
+    """Versions whose recorded files are elsewhere (a path outside CCRL_HOME/models, a symlink
+    from inside it to a file outside) are pruned from the store's view, and the files stay."""
+    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.db import session_scope
+    from ccrl.agent.deploy import deploy_version
+    from ccrl.agent.models import ModelVersion
+
+    rows = _rows()
+    outside = tmp_path / "users-files" / "keep-me.gguf"
+    outside.parent.mkdir()
+    shutil.copy2(rows[1].gguf_path, outside)
+    linked_target = tmp_path / "users-files" / "also-mine.gguf"
+    shutil.copy2(rows[2].gguf_path, linked_target)
+    link = Path(rows[2].gguf_path)
+    link.unlink()
+    link.symlink_to(linked_target)
+    with session_scope() as session:
+        session.get(ModelVersion, rows[1].id).gguf_path = str(outside)
+    monkeypatch.setenv("CCRL_AGENT__KEEP_MODEL_VERSIONS", "1")
+    reset_settings_cache()
+
+    deploy_version(number=3)  # keep=1: v3 stays; v1's and v2's files are pruned
+    rows = _rows()
+    assert outside.is_file() and linked_target.is_file() and link.is_symlink()
+    for number, path in ((1, outside), (2, link)):
+        assert rows[number].gguf_path is None and rows[number].status == "retired"
+        event = rows[number].metrics["history"][-1]
+        assert event["event"].startswith("file left in place by retention") and event["path"] == str(path)
+    assert Path(rows[3].gguf_path).is_file()
+
+
+def test_owned_files_are_judged_on_their_real_path(tmp_path):
+    from ccrl.agent.owned_paths import remove_owned_file
+
+    root = tmp_path / "home" / "models"
+    (root / "gguf").mkdir(parents=True)
+    inside = root / "gguf" / "v1.gguf"
+    inside.write_bytes(b"GGUF")
+    beside = tmp_path / "home" / "ccrl.db"
+    beside.write_bytes(b"store")
+    assert not remove_owned_file(root / "gguf" / ".." / ".." / "ccrl.db", root) and beside.exists()
+    assert not remove_owned_file(root / "gguf", root) and (root / "gguf").is_dir()
+    link = root / "gguf" / "link.gguf"
+    link.symlink_to(inside)
+    assert remove_owned_file(link, root) and not inside.exists() and not link.is_symlink()
+    assert remove_owned_file(root / "gguf" / "gone.gguf", root)

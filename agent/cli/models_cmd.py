@@ -135,7 +135,10 @@ def register(app_: typer.Typer) -> None:
     @app_.command("deploy")
     def deploy(
         version: int | None = typer.Option(None, "--version", help="Version number (default: the newest candidate)."),
-        force: bool = typer.Option(False, "--force", help="Deploy a rejected version or one the evaluation gate refused."),
+        force: bool = typer.Option(
+            False, "--force",
+            help="Deploy a rejected version or one the evaluation gate refused, or replace models under --name "
+                 "that ccrl did not create."),
         reason: str | None = typer.Option(None, "--reason", help="Why, with --force (recorded with the version)."),
         name: str | None = typer.Option(None, "--name", help="Ollama model name (default: cc-claude-agent)."),
         host: str | None = typer.Option(None, "--host", help="Ollama URL (default: OLLAMA_HOST, else 127.0.0.1:11434)."),
