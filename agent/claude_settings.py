@@ -134,15 +134,7 @@ def runs_ccrl_hook(command: str) -> bool:
         return False
     if "ccrl.hooks.capture" in tokens[1:] and tokens[tokens.index("ccrl.hooks.capture") - 1] == "-m":
         return True
-    return any(_is_capture_script(token) for token in tokens[1:] if os.path.basename(token) == "capture.py")
-
-
-def _is_capture_script(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(hook_commands.CAPTURE_SCRIPT_MARKER)) == hook_commands.CAPTURE_SCRIPT_MARKER
-    except OSError:
-        return False
+    return any(hook_commands.is_capture_script(token, missing=False) for token in tokens[1:] if os.path.basename(token) == "capture.py")
 
 
 def hand_made_ccrl_entries(settings: dict[str, Any]) -> list[str]:

@@ -66,15 +66,15 @@ def hook_command(home: str | None = None) -> str:
     return render(os.path.abspath(sys.executable), CAPTURE_SCRIPT, home)
 
 
-def _is_ccrl_script(script: str) -> bool:
-    """Whether the script behind a legacy command is ccrl's: an existing file must start like
-    ccrl's capture.py; a file that is gone is taken for ccrl's (a moved venv or checkout),
-    since only ccrl wrote this exact form and a re-install must replace it."""
+def is_capture_script(path: str, missing: bool) -> bool:
+    """Whether the file at ``path`` starts like ccrl's capture.py; ``missing`` is the answer
+    for a file that is gone. Behind a legacy command a gone script counts as ccrl's (a moved
+    venv or checkout): only ccrl wrote that exact form, and a re-install must replace it."""
     try:
-        with open(script, "rb") as handle:
+        with open(path, "rb") as handle:
             return handle.read(len(CAPTURE_SCRIPT_MARKER)) == CAPTURE_SCRIPT_MARKER
     except FileNotFoundError:
-        return True
+        return missing
     except OSError:
         return False
 
@@ -108,7 +108,7 @@ def parse(command: str) -> HookCommand | None:
         return None
     if home is not None and not os.path.isabs(home):
         return None
-    if render_legacy(python, script, home) != command or not _is_ccrl_script(script):
+    if render_legacy(python, script, home) != command or not is_capture_script(script, missing=True):
         return None
     return HookCommand(python, script, home, legacy=True)
 

@@ -193,3 +193,11 @@ def test_hooks_command_prints_what_install_writes(ccrl_home, tmp_path, monkeypat
     assert printed.exit_code == 0 and printed.stdout == hook_command(str(ccrl_home)) + "\n"
     assert CliRunner().invoke(app, ["hooks", "install"]).exit_code == 0
     assert installed(tmp_path / ".claude" / "settings.json") == printed.stdout.rstrip("\n")
+
+
+def test_capture_py_starts_with_the_marker_legacy_recognition_reads():
+    """A legacy entry whose script exists is ccrl's only if that script starts like ccrl's
+    capture.py (every version so far has): changing its first line would make an upgrade
+    leave such entries behind, next to the new one."""
+    assert Path(hook_commands.CAPTURE_SCRIPT).read_bytes().startswith(hook_commands.CAPTURE_SCRIPT_MARKER)
+    assert hook_commands.is_capture_script(hook_commands.CAPTURE_SCRIPT, missing=False)
