@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import io
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
+
+from ccrl.agent.secrets_display import scrub_password, scrub_urls
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "ccrl"
@@ -212,6 +215,43 @@ def _write_prefixed(stream: TextIO, priority: int, message: str, exception: str 
         stream.flush()
 
 
+def _store_urls() -> list[str]:
+    """The store URLs this process was given (environment, config file), whose passwords are
+    scrubbed wherever they appear, even in a URL too malformed to be recognised as one."""
+    urls = [os.environ.get("CCRL_DATABASE_URL") or ""]
+    try:
+        from ccrl.agent.config import get_settings
+
+        urls.append(get_settings().database_url or "")
+    except Exception:  # noqa: BLE001 - invalid settings: the environment's URL is still scrubbed
+        pass
+    return [url for url in dict.fromkeys(urls) if url]
+
+
+def _scrub(text: str) -> str:
+    for url in _store_urls():
+        text = scrub_password(text, url)
+    return scrub_urls(text)
+
+
+def _scrub_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The store's password, URL passwords and ``password=``-style values out of every string in
+    the event (an error naming the database URL, a formatted traceback): logs and journald keep
+    no credentials."""
+    return {key: _scrub(value) if isinstance(value, str) else value for key, value in event_dict.items()}
+
+
+def _scrubbed_traceback(formatter: Any) -> Any:
+    """``formatter`` (ConsoleRenderer's exception formatter) with its text scrubbed likewise."""
+
+    def format_exception(sio: TextIO, exc_info: Any) -> None:
+        buffer = io.StringIO()
+        formatter(buffer, exc_info)
+        sio.write(_scrub(buffer.getvalue()))
+
+    return format_exception
+
+
 def _pass_dict(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Final processor for our own loggers: hand the event dict over as keyword arguments."""
     return event_dict
@@ -309,19 +349,21 @@ def configure_logging(
         if not sender.available():
             mode = "prefixed"
     if mode == "journal":
-        processors = [*shared, structlog.processors.format_exc_info, _pass_dict]
+        processors = [*shared, structlog.processors.format_exc_info, _scrub_credentials, _pass_dict]
         factory: Any = lambda *_a: JournalLogger(sender, stream, identifier)  # noqa: E731
     elif mode == "prefixed":
-        processors = [*shared, structlog.processors.format_exc_info, _pass_dict]
+        processors = [*shared, structlog.processors.format_exc_info, _scrub_credentials, _pass_dict]
         factory = lambda *_a: PrefixedLogger(stream)  # noqa: E731
     else:
         processors = [
             *shared,
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            _scrub_credentials,
             structlog.dev.ConsoleRenderer(
                 colors=mode == "console",
                 # Plain tracebacks outside a terminal: rich's boxes with locals flood log files.
-                **({} if mode == "console" else {"exception_formatter": structlog.dev.plain_traceback}),
+                exception_formatter=_scrubbed_traceback(
+                    structlog.dev.default_exception_formatter if mode == "console" else structlog.dev.plain_traceback),
             ),
         ]
         factory = structlog.PrintLoggerFactory(stream)

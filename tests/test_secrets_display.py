@@ -5,7 +5,10 @@ without the password."""
 
 from __future__ import annotations
 
+import array
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -14,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,3 +151,68 @@ def test_status_and_doctor_on_an_unreachable_store_hide_the_password(ccrl_home, 
     report = json.loads(subprocess.run([ccrl, "status", "--json"], capture_output=True, text=True, env=env,
                                        timeout=120).stdout)
     assert report["database_url"].startswith("postgresql+psycopg://ccrl:***@127.0.0.1:")
+
+
+@pytest.fixture
+def restore_logging():
+    yield
+    structlog.reset_defaults()
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+
+
+SECRET_IN_ERROR = "Could not parse SQLAlchemy URL from string 'postgresql//ccrl:s3cretpw@db.example/ccrl'"
+
+
+def _log_credentials() -> None:
+    log = structlog.get_logger("ccrl.test")
+    log.error("store unreachable", url="postgresql://ccrl:s3cretpw@db.example/ccrl", dsn="host=db password=s3cretpw")
+    try:
+        raise ValueError(SECRET_IN_ERROR)
+    except ValueError:
+        log.exception("job failed", job="ingest")
+    logging.getLogger("apscheduler").error("job raised %s", SECRET_IN_ERROR)
+
+
+@pytest.fixture
+def store_url(ccrl_home, monkeypatch):
+    """The agent's store is the (malformed) URL of SECRET_IN_ERROR."""
+    from ccrl.agent.config import reset_settings_cache
+
+    monkeypatch.setenv("CCRL_DATABASE_URL", "postgresql//ccrl:s3cretpw@db.example/ccrl")
+    reset_settings_cache()
+
+
+@pytest.mark.parametrize("mode", ["prefixed", "plain", "console"])
+def test_logs_carry_no_credentials(mode, store_url, restore_logging):
+    """The store's password, even in a URL too malformed to be recognised, and the credentials
+    of any URL or password= value: gone from every log line and traceback."""
+    from ccrl.agent.logging_setup import configure_logging
+
+    stream = io.StringIO()
+    configure_logging(mode=mode, stream=stream)
+    _log_credentials()
+    out = stream.getvalue()
+    assert "s3cretpw" not in out and "store unreachable" in out and "job failed" in out
+    assert "db.example" in out and "ValueError" in out
+
+
+def test_journal_entries_carry_no_credentials(tmp_path, store_url, restore_logging):
+    from ccrl.agent.logging_setup import configure_logging
+
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(5)
+        assert configure_logging(mode="journal", journal_socket=path, stream=io.StringIO()) == "journal"
+        _log_credentials()
+        entries = []
+        for _ in range(3):
+            data, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+            if ancdata:  # a big entry travels in a memfd
+                fd = array.array("i", ancdata[0][2][:4])[0]
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+                os.close(fd)
+            entries.append(data)
+    blob = b"".join(entries)
+    assert b"s3cretpw" not in blob and b"db.example" in blob and b"job failed" in blob
