@@ -45,6 +45,30 @@ class BuildStats:
     split_decisions: Counter = field(default_factory=Counter)
     split_rows: Counter = field(default_factory=Counter)  # "train/trajectory" -> rows
     rl_prompts: Counter = field(default_factory=Counter)
+    # "train/trajectory" -> decisions, decisions a window trains, windows (SFT examples), estimated
+    window_decisions: Counter = field(default_factory=Counter)
+    window_trained: Counter = field(default_factory=Counter)
+    window_examples: Counter = field(default_factory=Counter)
+
+    def windows(self, key: str, decisions: int, trained: int, examples: int) -> None:
+        """Count one row's decision windows under ``split/format``."""
+        self.window_decisions[key] += decisions
+        self.window_trained[key] += trained
+        self.window_examples[key] += examples
+
+    def _windowing(self, split: str) -> dict[str, Any]:
+        keys = [k for k in self.window_decisions if k.startswith(split + "/")]
+        decisions = sum(self.window_decisions[k] for k in keys)
+        trained = sum(self.window_trained[k] for k in keys)
+        return {
+            "decisions": decisions,
+            "decisions_trained": trained,
+            "share_trained": round(trained / decisions, 4) if decisions else None,
+            "examples": sum(self.window_examples[k] for k in keys),
+            "by_format": {k.split("/", 1)[1]: {"decisions": self.window_decisions[k],
+                                                "decisions_trained": self.window_trained[k],
+                                                "examples": self.window_examples[k]} for k in sorted(keys)},
+        }
 
     def drop(self, name: str) -> None:
         self.dropped[name] += 1
@@ -95,6 +119,7 @@ class BuildStats:
                     "rows": {k.split("/", 1)[1]: v for k, v in sorted(self.split_rows.items())
                              if k.startswith(split + "/")},
                     "rl_prompts": self.rl_prompts[split],
+                    "windows": self._windowing(split),
                 }
                 for split in SPLITS
             },
@@ -136,6 +161,33 @@ def _histogram(title: str, counts: dict[str, int], label: str, limit: int | None
     if limit and len(counts) > limit:
         out.append(f"\n… and {len(counts) - limit} more.")
     return out + [""]
+
+
+def _windows_section(splits: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Decision windows: the budgets, the examples and the share of decisions trained on."""
+    cfg = config.get("dataset", {})
+    lines = [
+        "## Decision windows (SFT examples)",
+        "",
+        f"SFT trains every assistant decision (its text, reasoning and tool calls) of every row once per epoch, "
+        f"in windows of at most **{config.get('window_tokens', '?')} tokens** (the token budget: SFT's max_length): "
+        "the system prompt, the user's prompt, as much recent history as fits and one or more consecutive "
+        "decisions as targets. Each tool result is cut to the tool-result budget of "
+        f"**{cfg.get('tool_result_tokens', '?')} tokens**; in a window, older tool results are shortened further "
+        f"(to about {config.get('window_result_tokens', '?')} tokens) and then the oldest turns dropped, each with "
+        "a `[ccrl: …]` marker. A decision longer than the budget is cut at its tail (its tool name stays).",
+        "",
+    ]
+    rows = []
+    for split in SPLITS:
+        w = splits[split].get("windows") or {}
+        share = w.get("share_trained")
+        rows.append([split, w.get("decisions", 0), w.get("decisions_trained", 0),
+                     f"{share:.2%}" if share is not None else "-", w.get("examples", 0)])
+    lines += _table(["split", "decisions (trajectory and workflow rows)", "trained on", "share trained", "examples (windows)"],
+                    rows)
+    return lines + ["", "Estimated at 4 characters a token; the trainer windows again with the model's own tokenizer "
+                    "and records the exact counts in the run's metrics.", ""]
 
 
 def render_card(*, number: int, path: str, content_hash: str, created_at: str, stats: dict[str, Any],
@@ -182,6 +234,7 @@ def render_card(*, number: int, path: str, content_hash: str, created_at: str, s
         rows = ", ".join(f"{fmt}: {n}" for fmt, n in s["rows"].items()) or "0"
         split_rows.append([split, s["sessions"], s["traces"], rows, s["rl_prompts"], s["next_action_decisions"]])
     lines += _table(["split", "sessions", "traces", "rows", "RL prompts", "next-action decisions"], split_rows)
+    lines += ["", *_windows_section(splits, config)]
     lines += [
         "",
         "## Split",

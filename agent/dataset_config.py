@@ -26,11 +26,18 @@ class DatasetSettings(BaseModel):
     )
     min_reasoning_steps: int = Field(default=1, ge=0, description="At least this many steps in the reasoning chain.")
     max_tokens: int = Field(
-        default=16384, ge=256,
-        description="Drop traces whose trajectory is longer than this (estimated at 4 characters a token).",
+        default=262144, ge=256,
+        description="Drop traces whose trajectory is longer than this (estimated at 4 characters a token). SFT "
+                    "trains every decision of a long trace in windows, so this only guards against pathological ones.",
     )
     tool_result_tokens: int = Field(
-        default=512, ge=16, description="Tool results are cut to about this many tokens, with a marker.",
+        default=512, ge=16, description="The tool-result budget: each tool result is cut to about this many tokens, with a marker.",
+    )
+    window_tokens: int | None = Field(
+        default=None, ge=64,
+        description="The token budget of one SFT example (a decision window: system prompt, user prompt, recent history, "
+                    "its target decisions), for the card's counts; empty = [train] max_length, else 4096 with a CUDA GPU "
+                    "and 1024 without (SFT's own default). The trainer windows again with the model's tokenizer at its max_length.",
     )
     workflow_argument_max_chars: int = Field(
         default=400, ge=20, description="Workflow plans cut string arguments (file contents) to this length.",

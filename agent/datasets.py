@@ -47,12 +47,14 @@ from ccrl.agent.dataset_card import BuildStats, render_card
 from ccrl.agent.dataset_config import DatasetSettings
 from ccrl.agent.dataset_filters import PromptDeduper, trace_filter
 from ccrl.agent.signals import SIGNALS_VERSION, extract_signals, view
+from ccrl.trainers import windows
 
 BUILDER_VERSION = 1
 HASH_SPACE = 1 << 32
 JSONL_FILES = ("train.jsonl", "eval.jsonl", "rl_prompts.train.jsonl", "rl_prompts.eval.jsonl")
 WRITER_BATCH_SIZE = 100  # rows per Arrow record batch: trajectories are large, keep batches small
 INSTALL_HINT = "pip install 'ccrl[train]'"
+WINDOW_MESSAGE_OVERHEAD = 5  # a chat template's role header and end-of-turn, in tokens
 
 
 class DatasetBuildError(RuntimeError):
@@ -286,17 +288,60 @@ def trajectory_tokens(messages: list[dict[str, Any]]) -> int:
     return (chars + conv.CHARS_PER_TOKEN - 1) // conv.CHARS_PER_TOKEN
 
 
+def _cuda_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch (the builder never loads it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def window_budget(settings: Settings) -> int:
+    """The token budget of one SFT example that the card's window counts are estimated at:
+    ``[dataset] window_tokens``, else ``[train] max_length``, else SFT's default for this machine."""
+    return (settings.dataset.window_tokens or settings.train.max_length
+            or (windows.GPU_BUDGET if _cuda_visible() else windows.CPU_BUDGET))
+
+
+def _message_cost(message: dict[str, Any]) -> int:
+    """Estimated tokens of one message as the template renders it (4 characters a token, plus
+    the role header and end-of-turn)."""
+    text = conv.render_assistant_text(message) if message.get("role") == "assistant" else message.get("content") or ""
+    return conv.estimate_tokens(text) + WINDOW_MESSAGE_OVERHEAD
+
+
+@dataclass
+class RowWindows:
+    """How SFT will cut one row into decision windows (estimated): its decisions, those that are
+    a target of some window, and the windows."""
+
+    decisions: int = 0
+    trained: int = 0
+    examples: int = 0
+
+    def field(self) -> str:
+        return f"{self.decisions},{self.trained},{self.examples}"
+
+
+def row_windows(messages: list[dict[str, Any]], budget: int) -> RowWindows:
+    """The windows of one row at ``budget`` tokens, estimated from characters."""
+    plan = windows.plan_windows(messages, budget, _message_cost)
+    return RowWindows(plan.decisions, plan.targeted, len(plan.windows))
+
+
 @dataclass
 class _Converted:
     rows: list[dict[str, Any]]
     rl: dict[str, Any]
     tokens: int
     decisions: int
+    windows: list[RowWindows] = field(default_factory=list)
 
 
 def _convert(trace: dict[str, Any], signals: dict[str, Any], tools: list[dict[str, Any]],
-             formats: list[str], cfg: DatasetSettings) -> _Converted:
-    """Rows and the RL prompt of one trace (raises ConversionError for bad input)."""
+             formats: list[str], cfg: DatasetSettings, budget: int = windows.CPU_BUDGET) -> _Converted:
+    """Rows and the RL prompt of one trace (raises ConversionError for bad input), with each
+    row's decision windows at ``budget`` tokens."""
     tools_text = conv.tools_json(tools)
     meta = {"trace_id": trace.get("id"), "session_id": trace.get("session_id"),
             "parent_id": trace.get("parent_id"), "tools": tools_text}
@@ -312,7 +357,7 @@ def _convert(trace: dict[str, Any], signals: dict[str, Any], tools: list[dict[st
                          "decisions": decisions, **meta})
     rl = {"prompt": workflow[:2], "reference_completion": workflow[2]["content"],
           "reference_signals": _dumps(signals), "reference_tool_sequence": list(signals["tool_sequence"]), **meta}
-    return _Converted(rows, rl, tokens, decisions)
+    return _Converted(rows, rl, tokens, decisions, [row_windows(row["messages"], budget) for row in rows])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +450,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
     top_tools = {name for name, _n in catalog.calls.most_common(cfg.max_tools)}
     family_root = split_roots(settings)
 
+    budget = window_budget(settings)
     stats = BuildStats()
     dedupe = PromptDeduper(cfg)
     tools_cache: dict[frozenset[str], list[dict[str, Any]]] = {}  # most traces share one list
@@ -424,7 +470,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
                 tools_cache[names] = catalog.tools(only=set(names))
             tools = tools_cache[names]
             try:
-                converted = _convert(trace, signals, tools, formats, cfg)
+                converted = _convert(trace, signals, tools, formats, cfg, budget)
             except conv.ConversionError as exc:
                 stats.bad(exc.reason, trace.get("id"))
                 continue
@@ -440,11 +486,11 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
             _b, held = sessions.get(session_id, (bucket, 0))
             sessions[session_id] = (bucket, held + converted.decisions)
             stats.keep(trace, signals, converted.tokens)
-            # "bucket <tab> decisions <tab> kind <tab> row JSON": the split is decided after the
-            # pass, and the rows are serialised once (JSON escapes tabs inside strings).
-            for row in converted.rows:
-                fh.write(f"{bucket}\t{converted.decisions}\t{row['format']}\t{_dumps(row)}\n")
-            fh.write(f"{bucket}\t{converted.decisions}\trl\t{_dumps(converted.rl)}\n")
+            # "bucket <tab> decisions <tab> kind <tab> windows <tab> row JSON": the split is decided
+            # after the pass, and the rows are serialised once (JSON escapes tabs inside strings).
+            for row, row_win in zip(converted.rows, converted.windows):
+                fh.write(f"{bucket}\t{converted.decisions}\t{row['format']}\t{row_win.field()}\t{_dumps(row)}\n")
+            fh.write(f"{bucket}\t{converted.decisions}\trl\t{RowWindows().field()}\t{_dumps(converted.rl)}\n")
 
     if stats.kept == 0:
         summary = stats.as_dict()
@@ -468,7 +514,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
     try:
         with open(candidates, encoding="utf-8") as fh:
             for line in fh:
-                bucket, decisions, kind, payload = line.split("\t", 3)
+                bucket, decisions, kind, row_win, payload = line.split("\t", 4)
                 split = "eval" if int(bucket) < threshold else "train"
                 if kind == "rl":  # one per trace
                     stats.split_traces[split] += 1
@@ -477,6 +523,7 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
                     handles[f"rl_prompts.{split}.jsonl"].write(payload)
                 else:
                     stats.split_rows[f"{split}/{kind}"] += 1
+                    stats.windows(f"{split}/{kind}", *map(int, row_win.split(",")))
                     handles[f"{split}.jsonl"].write(payload)
     finally:
         for handle in handles.values():
@@ -508,6 +555,8 @@ def _build(settings: Settings, cfg: DatasetSettings, formats: list[str], dataset
         "formats": formats,
         "eval_threshold": threshold,
         "eval_threshold_fraction": threshold / HASH_SPACE,
+        "window_tokens": budget,
+        "window_result_tokens": windows.DEFAULT_SHORTENED_RESULT_TOKENS,
         "builder_version": BUILDER_VERSION,
         "signals_version": SIGNALS_VERSION,
     }

@@ -154,6 +154,12 @@ def test_fixture_card_reports_counts_filters_split_and_histograms(fixtures_v1):
     top_tool, top_count = next(iter(stats["tools"].items()))
     assert f"| `{top_tool}` | {top_count} |" in card
     assert row.content_hash in card
+    # Decision windows: the budgets, every decision trained, the examples.
+    train = stats["splits"]["train"]["windows"]
+    assert train["decisions"] > 0 and train["share_trained"] == 1.0 and train["examples"] >= stats["splits"]["train"]["traces"]
+    assert f"windows of at most **{row.config['window_tokens']} tokens**" in card
+    assert f"tool-result budget of **{row.config['dataset']['tool_result_tokens']} tokens**" in card
+    assert f"| train | {train['decisions']} | {train['decisions']} | 100.00% | {train['examples']} |" in card
 
 
 def test_fixture_files_are_private(fixtures_v1):
@@ -324,6 +330,24 @@ def test_filters_drop_and_count(ccrl_home, monkeypatch):
     assert dropped == {"duplicate_prompt": 1, "near_duplicate_prompt": 1, "incomplete": 2, "redacted_prompt": 1,
                        "too_few_tool_calls": 1, "too_little_reasoning": 1, "too_long": 1}
     assert result.trace_count == 2
+
+
+def test_a_long_trace_is_cut_into_windows_that_train_every_decision(ccrl_home, monkeypatch):
+    monkeypatch.setenv("CCRL_DATASET__WINDOW_TOKENS", "300")
+    monkeypatch.setenv("CCRL_DATASET__FORMAT", "trajectory")
+    reset_settings_cache()
+    builder = TraceBuilder("Rename the helper in every module of the package").think("First, I need to see how each module uses the helper before changing anything.")
+    for i in range(40):
+        builder = builder.say(f"Module {i} next.").call("Read", {"file_path": f"/repo/m{i}.py"},
+                                                        output=f"def helper_{i}():\n    pass\n" * 3)
+    store([builder.say("Renamed it everywhere.").build(session_id="s1")])
+    result = ds.build_dataset(get_settings())
+    windows = result.stats["splits"]["train"]["windows"] if result.train_count else result.stats["splits"]["eval"]["windows"]
+    assert result.config["window_tokens"] == 300
+    assert windows["decisions"] == 41 and windows["decisions_trained"] == 41 and windows["share_trained"] == 1.0
+    assert 41 > windows["examples"] > 5  # several windows, some holding more than one decision
+    assert windows["by_format"] == {"trajectory": {"decisions": 41, "decisions_trained": 41,
+                                                   "examples": windows["examples"]}}
 
 
 def test_subagents_can_be_excluded(ccrl_home, monkeypatch):

@@ -38,7 +38,7 @@ from typing import Any
 from ccrl.trainers.base_models import BaseModelError, cuda_available, load_for_training, mixed_precision_bf16
 from ccrl.trainers.chat_templates import attach_template, save_template
 from ccrl.trainers.sft_windows import windowed_dataset
-from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS
+from ccrl.trainers.windows import CPU_BUDGET, DEFAULT_SHORTENED_RESULT_TOKENS, GPU_BUDGET
 from ccrl.trainers.progress import (
     LossCurveCallback,
     StructuredProgressCallback,
@@ -128,9 +128,9 @@ class SFTRunConfig:
     """Tokens per example, the decision windows' budget (nothing is cut at token level: every
     decision is trained in a window of at most this many tokens); ``None``: ``gpu_max_length``
     on CUDA, ``cpu_max_length`` elsewhere."""
-    gpu_max_length: int = 4096
+    gpu_max_length: int = GPU_BUDGET
     """Default sequence length on a GPU: agent traces are long (TRL's 1024 would cut most)."""
-    cpu_max_length: int = 1024
+    cpu_max_length: int = CPU_BUDGET
     """Default sequence length on a CPU, where attention cost makes 4096 impractical."""
     packing: bool = False
     """Pack several conversations into one sequence (faster on a GPU; masks stay per turn)."""

@@ -22,6 +22,10 @@ from typing import Any
 Message = dict[str, Any]
 Cost = Callable[[Message], int]
 
+GPU_BUDGET = 4096
+"""SFT's default example length (the windows' budget) on a GPU: agent traces are long."""
+CPU_BUDGET = 1024
+"""SFT's default example length on a CPU, where attention cost makes 4096 impractical."""
 DEFAULT_SHORTENED_RESULT_TOKENS = 64
 """Older tool results are cut to about this many tokens (4 characters each) before turns drop."""
 DEFAULT_TARGET_SHARE = 0.5
