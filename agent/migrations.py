@@ -2,8 +2,8 @@
 
 Each migration is a function of a SQLAlchemy ``Connection``, written in dialect-neutral
 SQLAlchemy Core so it runs the same on SQLite and PostgreSQL. Applied names are recorded in
-``_ccrl_migrations``. Never edit a migration that has shipped: add a new one. A test checks
-that the migrated schema matches ``models.py`` exactly.
+``_ccrl_migrations``. Never edit a migration that has shipped: add a new one (m007 says why it
+is the one exception). A test checks that the migrated schema matches ``models.py`` exactly.
 """
 
 from __future__ import annotations

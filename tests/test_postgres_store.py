@@ -118,7 +118,8 @@ print(",".join(migrate(create_engine(sys.argv[1]))))
 
 def test_agents_starting_together_migrate_a_new_database_once(pg_url):
     """Four agents opening one empty shared database at the same moment: each migration runs
-    exactly once (pg_advisory_lock), and every agent finds the schema complete."""
+    exactly once (pg_advisory_xact_lock, taken in each migration's transaction), and every agent
+    finds the schema complete."""
     start = time.time() + 1.5
     procs = [subprocess.Popen([sys.executable, "-c", MIGRATE_SCRIPT, pg_url, str(start)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
