@@ -36,6 +36,31 @@ PLUGINS = (
     "SoftlayerDetector", "SquareOAuthDetector", "StripeDetector", "TelegramBotTokenDetector",
     "TwilioKeyDetector",
 )
+# Literals a detector's patterns cannot match without (read off detect-secrets 1.5.0's patterns;
+# tests/test_secret_bytes.py checks it against strings generated from each pattern): groups
+# that must each have one literal in the text, checked exactly or, for the patterns that ignore
+# case, in the lower-cased text. Scanning is most of the pass's cost; a text without the
+# literals is not scanned by that detector. A detector not listed is always run.
+PREFILTERS: dict[str, tuple[tuple[bool, tuple[str, ...]], ...]] = {
+    "ArtifactoryDetector": ((True, ("AKC", "AP")),),
+    "AWSKeyDetector": ((False, ("a3t", "abia", "acca", "akia", "asia", "aws")),),
+    "AzureStorageKeyDetector": ((True, ("AccountKey=",)),),
+    "BasicAuthDetector": ((True, ("://",)),),
+    "CloudantDetector": ((False, ("cl",)), (False, ("key", "pw", "pass", "token", ".cloudant.com"))),
+    "GitHubTokenDetector": ((True, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),),
+    "GitLabTokenDetector": ((True, ("gl", "GR1348941")),),
+    "IbmCosHmacDetector": ((False, ("secret",)), (False, ("key",))),
+    "MailchimpDetector": ((True, ("-us",)),),
+    "NpmDetector": ((True, ("_authToken=",)),),
+    "OpenAIDetector": ((True, ("T3BlbkFJ",)),),
+    "PypiTokenDetector": ((True, ("pypi-AgE",)),),
+    "SendGridDetector": ((True, ("SG.",)),),
+    "SlackDetector": ((False, ("xox", "hooks.slack.com")),),
+    "SoftlayerDetector": ((False, ("sl", "softlayer")), (False, ("key", "pwd", "pass", "token", "softlayer"))),
+    "SquareOAuthDetector": ((True, ("sq0csp-",)),),
+    "StripeDetector": ((True, ("k_live_",)),),
+    "TwilioKeyDetector": ((True, ("AC", "SK")),),
+}
 MAX_CHUNK = 2048
 # A found value shorter than this is replaced only where it was found, never elsewhere.
 _MIN_VALUE = 12
@@ -44,8 +69,8 @@ _CUT = re.compile(r"[\s,;\"'`<>(){}\[\]]")
 
 
 @lru_cache(maxsize=1)
-def _detectors() -> tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]:
-    """``(marker kind, compiled patterns)`` per detector (imported once, on first use)."""
+def _detectors() -> tuple[tuple[str, str, tuple[re.Pattern[str], ...]], ...]:
+    """``(detector name, marker kind, compiled patterns)`` per detector (imported on first use)."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
     by_name = {cls.__name__: cls for cls in get_mapping_from_secret_type_to_class().values()}
@@ -53,8 +78,17 @@ def _detectors() -> tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]:
     for name in PLUGINS:
         cls = by_name[name]
         kind = re.sub(r"[^a-z0-9]+", "_", cls.secret_type.lower()).strip("_")
-        found.append((kind, tuple(cls.denylist)))
+        found.append((name, kind, tuple(cls.denylist)))
     return tuple(found)
+
+
+def may_match(name: str, text: str, lowered: str | None = None) -> bool:
+    """False when detector ``name``'s patterns cannot match ``text`` (see ``PREFILTERS``)."""
+    for exact, literals in PREFILTERS.get(name, ()):
+        haystack = text if exact else (lowered if lowered is not None else text.lower())
+        if not any(literal in haystack for literal in literals):
+            return False
+    return True
 
 
 @lru_cache(maxsize=1)
@@ -96,7 +130,10 @@ def _chunks(text: str) -> Iterator[tuple[int, str]]:
 def _findings(piece: str) -> Iterator[tuple[int, int, str]]:
     """``(start, end, kind)`` of each secret the detectors find in ``piece``."""
     filters = _filters()
-    for kind, patterns in _detectors():
+    lowered = piece.lower()
+    for name, kind, patterns in _detectors():
+        if not may_match(name, piece, lowered):
+            continue
         for pattern in patterns:
             for m in pattern.finditer(piece):
                 # The secret is the pattern's longest group when context precedes it (aws ...

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import string
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
@@ -104,6 +107,28 @@ def test_a_long_line_is_scanned_in_pieces_and_still_caught():
     text = ("filler, " * 5000) + line + (" more" * 5000)
     out = deep_redact.detector_pass(text)
     assert secret not in out and f"[REDACTED:{kind}]" in out
+
+
+# detect-secrets' assignment patterns start with this lookbehind, which Hypothesis cannot
+# generate from; it adds no literal, so the rest of the pattern stands for the whole.
+_LOOKBEHIND = "(?:(?<=\\W)|(?<=^))"
+
+
+@pytest.mark.parametrize("name,pattern", [(name, p) for name, _k, patterns in deep_redact._detectors()
+                                          for p in patterns],
+                         ids=[f"{name}-{i}" for name, _k, patterns in deep_redact._detectors()
+                              for i, _p in enumerate(patterns)])
+def test_a_prefilter_never_skips_text_its_detector_would_match(name, pattern):
+    """Every string a detector's pattern matches holds the literals its prefilter asks for."""
+    source = re.compile(pattern.pattern.replace(_LOOKBEHIND, ""), pattern.flags)
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.from_regex(source))
+    def check(text):
+        if pattern.search(text):
+            assert deep_redact.may_match(name, text)
+
+    check()
 
 
 def _data_files(home: Path) -> list[Path]:
