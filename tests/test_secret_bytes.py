@@ -29,6 +29,7 @@ from ccrl.agent.models import HookEvent, Trace
 from ccrl.hooks import inbox, paths
 
 from conftest import TRANSCRIPTS
+from redact_cases import ORDINARY_CASES
 
 ALNUM = string.ascii_letters + string.digits
 
@@ -91,8 +92,9 @@ def test_the_detector_pass_replaces_the_secret_with_a_typed_marker(kind, line, s
     assert f"[REDACTED:{kind}]" in out
 
 
-@pytest.mark.parametrize("text", ORDINARY)
+@pytest.mark.parametrize("text", ORDINARY + [text for _id, text, _expected in ORDINARY_CASES])
 def test_the_detector_pass_leaves_ordinary_code_and_prose_alone(text):
+    """These and the redaction battery's ordinary-code cases (tests/redact_cases.py)."""
     assert deep_redact.detector_pass(text) == text
 
 
