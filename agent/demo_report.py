@@ -95,6 +95,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def interval_method(result: Any) -> str:
+    """How the report's intervals were computed, as the evaluation recorded it."""
+    gate = result.gate or {}
+    if gate.get("interval_method"):
+        return str(gate["interval_method"])
+    methods = {((s.get("metrics") or {}).get(PRIMARY) or {}).get("method") for _, s in _subjects(result)}
+    methods.discard(None)
+    return ", ".join(sorted(methods)) or "Wilson score"
+
+
 def draw_metric_table(result: Any, path: Path) -> Path | None:
     """The metric table as a PNG (rows: models and baselines; columns: metrics with intervals)."""
     rows = metric_rows(result)
@@ -119,14 +129,16 @@ def draw_metric_table(result: Any, path: Path) -> Path | None:
     table.auto_set_column_width(list(range(len(columns))))
     decisions = next((s["metrics"].get("counts", {}).get("decisions") for _, s in _subjects(result)
                       if (s.get("metrics") or {}).get("counts")), None)
-    ax.set_title(f"Held-out evaluation ({decisions} next-action decisions; 95% intervals)", loc="left", fontsize=11)
+    fold = (result.gate or {}).get("fold") or "held-out"
+    ax.set_title(f"Held-out evaluation, {fold} fold ({decisions} next-action decisions; 95% intervals: "
+                 f"{interval_method(result)})", loc="left", fontsize=11)
     fig.savefig(path, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
     return path
 
 
 def draw_primary_chart(result: Any, path: Path) -> Path | None:
-    """The primary metric per subject as bars with their Wilson intervals."""
+    """The primary metric per subject as bars with their 95% intervals (the method is named)."""
     points = []
     for name, subject in _subjects(result):
         entry = (subject.get("metrics") or {}).get(PRIMARY) or {}
@@ -147,7 +159,7 @@ def draw_primary_chart(result: Any, path: Path) -> Path | None:
         ax.text(min(value + high + 0.015, 0.93), y, f"{value:.2f}", va="center", fontsize=9)
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
-    ax.set_xlabel("teacher-forced next-action agreement with Claude (95% Wilson interval)")
+    ax.set_xlabel(f"teacher-forced next-action agreement with Claude\n(95% interval: {interval_method(result)})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -267,7 +279,8 @@ def _evaluation_html(result: Any, images: dict[str, str]) -> str:
     if paired:
         rows = [[subject_label(name, result), _cell(entry)] for name, entry in paired.items()]
         parts.append("<h3>Paired differences</h3><p class=\"muted\">Per-decision agreement of the judged model minus "
-                     "each other subject's, on the same decisions (bootstrap interval): above 0 means ahead.</p>"
+                     f"each other subject's, on the same decisions ({_e(next(iter(paired.values())).get('method') or 'bootstrap')} "
+                     "interval): above 0 means ahead.</p>"
                      + _table(["compared with", "difference [95% interval]"], rows))
     counts = next((s["metrics"].get("counts") for _, s in _subjects(result) if (s.get("metrics") or {}).get("counts")), {})
     if counts:
