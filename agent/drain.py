@@ -398,7 +398,13 @@ def truncate_wal(conn: sqlite3.Connection) -> bool:
     this takes them out of the WAL. True when done; a reader in the way (a hook, a purge) makes
     it a no-op until the next drain."""
     try:
-        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        # A TRUNCATE checkpoint holds hooks' writes off while it waits for readers: wait only
+        # as briefly as a hook's own checkpoint does, so no hook meets its busy timeout.
+        conn.execute(f"PRAGMA busy_timeout={int(hook_inbox.CHECKPOINT_WAIT_S * 1000)}")
+        try:
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(INBOX_BUSY_TIMEOUT_S * 1000)}")
         return busy == 0
     except sqlite3.Error:
         return False  # housekeeping: the next drain catches up
