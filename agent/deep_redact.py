@@ -9,14 +9,15 @@ finding becomes ``[REDACTED:<detect-secrets type in snake case>]``.
 The detectors used are detect-secrets' format detectors (``PLUGINS``). Left out, on purpose:
 the keyword and the Base64/hex high-entropy detectors (they fire on ordinary code: identifiers,
 hashes, UUIDs), the IBM Cloud IAM detector (a keyword detector in effect: its prefix is
-optional, so ``PASS: <any 44-character identifier>`` in test output matches), the public-IP detector (an address is no secret), the private-key detector
-(it finds only the BEGIN line; the hook's rule removes whole blocks) and the JWT detector (the
-hook's rule covers JWTs, and the plugin's pattern is quadratic on a run of ``eyJ``).
+optional, so ``PASS: <any 44-character identifier>`` in test output matches), the public-IP
+detector (an address is no secret), the private-key detector (it finds only the BEGIN line;
+the hook's rule removes whole blocks) and the JWT detector (the hook's rule covers JWTs, and
+the plugin's pattern is quadratic on a run of ``eyJ``).
 
-Cost bound: a text longer than ``MAX_CHUNK`` characters is scanned in pieces of at most that
-length, cut at a line break, whitespace or punctuation where there is one, so no input makes a
-detector's pattern cost more than a piece's length squared (benchmarks/ingest_redaction.py
-measures the pass's cost).
+Cost: a detector runs only on text holding the literals its patterns need (``PREFILTERS``),
+and a text longer than ``MAX_CHUNK`` characters is scanned in pieces of at most that length,
+cut at a line break, whitespace or punctuation where there is one, so no input makes a
+pattern cost more than a piece's length squared (benchmarks/ingest_redaction.py measures it).
 """
 
 from __future__ import annotations
