@@ -233,7 +233,7 @@ def test_stdin_as_a_non_blocking_socket_arriving_in_pieces(home):
     ensure_local_stores()
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)  # O_NONBLOCK on the description the hook inherits
-    payload = event(tool_use_id="in-pieces", tool_response={"stdout": "z" * 300_000})
+    payload = event(tool_use_id="in-pieces", tool_response={"stdout": "z" * 200_000})  # within the size budget
     proc = subprocess.Popen(["/bin/sh", "-c", hook_command()], stdin=theirs.fileno(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     theirs.close()
