@@ -12,7 +12,9 @@ the inbox cannot take it. :func:`drain` moves both into the store:
 
 Crash safety: an inbox row or spool file is deleted only after the store transaction that
 holds it has committed. A crash in between re-delivers it next time, which the key turns into
-a no-op: at-least-once delivery plus idempotent storing is exactly-once.
+a no-op: at-least-once delivery plus idempotent storing is exactly-once. What is drained leaves
+no bytes behind (it may hold what the hook's rules missed): inbox rows are deleted under
+``secure_delete`` and the WAL truncated after, spool files are zeroed before they are deleted.
 
 Work is done in batches (by rows and by bytes), so a huge inbox never sits in memory at once,
 and the inbox is only write-locked for the short DELETE of each batch, so hooks keep writing
