@@ -195,3 +195,28 @@ def test_the_rest_of_the_app_keeps_its_transactions_after_migrating(ccrl_home):
         raise RuntimeError
     with session_scope() as session:
         assert session.get(Session, "gone") is None
+
+
+def test_a_migrated_store_is_only_read_at_start(tmp_path, monkeypatch):
+    """Nothing pending: no write lock is taken, so a command starting while the agent holds a long
+    write transaction does not wait for it (here the wait for the lock is cut to 0.1 s: taking
+    it would fail with "database is locked")."""
+    import ccrl.agent.migration_transactions as migration_transactions
+
+    db = tmp_path / "m.db"
+    engine = create_engine(f"sqlite:///{db}")
+    migrate(engine)
+    engine.dispose()
+    monkeypatch.setattr(migration_transactions, "SQLITE_LOCK_WAIT_MS", 100)
+    writer = create_engine(f"sqlite:///{db}").connect()
+    writer.connection.driver_connection.isolation_level = None
+    writer.exec_driver_sql("BEGIN IMMEDIATE")  # another process's long write transaction
+    try:
+        starting = create_engine(f"sqlite:///{db}", connect_args={"timeout": 0})
+        assert migrate(starting) == []
+        with starting.connect() as conn:
+            assert applied(conn) == [name for name, _ in MIGRATIONS]
+        starting.dispose()
+    finally:
+        writer.exec_driver_sql("ROLLBACK")
+        writer.close()
