@@ -139,15 +139,17 @@ def _keep_assignment(name: str, sep: str, value: str, quoted: bool, line_start: 
     first = words[0]
     if first.lower() in _CODE_WORDS:
         return True
-    if _is_number(first) and not any(w in low_name for w in ("pass", "pwd", "pin")):
-        return True  # max_token = 4096
+    if _is_number(first) and (not first.isdigit() or not any(w in low_name for w in ("pass", "pwd", "pin"))):
+        return True  # max_token = 4096, timeout = 0.5 (a whole number after a password name may be a PIN)
     bare_sep = sep.strip(" \t\"'\\]")
     if sep == "=" and upper_name:
         return False  # shell / .env style (NAME=value, no spaces): a literal
     if _is_code_value(name, first, bare_sep):
         return True
-    if not line_start and bare_sep == ":" and first.isalpha() and first.islower():
-        return True  # prose: "the token: expired"
+    if not line_start and bare_sep == ":" and first.isalpha() and first[1:].islower():
+        return True  # prose: "the token: expired", "note the token: Rotate it"
+    if len(words) > 2 and words[1] in ("=", ":=", "==", "+=", "=>"):
+        return True  # the value is itself an assignment ("label-token: max_token = 4096"), judged on its own
     if bare_sep == ":" and "=" in first.rstrip("=") and _is_identifier(first.split("=", 1)[0]):
         return True  # settings listed after a name: "a.secret: Staging=? Worktree=?"
     if line_start and (len(words) > 5 or sum("=" in w for w in words) > 1):
@@ -190,7 +192,12 @@ def _judge_secret(match) -> str | None:
     for group, quoted in (("dv", True), ("sv", True), ("bv", False)):
         if groups.get(group) is not None:
             value = _text(groups[group])
-            if quoted and len(value) < 3:
+            if quoted and (len(value) < 3 or not any(c.isalnum() for c in value)):
+                return None  # "", "..", or JSON structure read as text (`Token:"}, {"`)
+            if group == "dv" and isinstance(match.string, bytes) and not groups["q"] \
+                    and b'"' not in groups["sep"]:
+                # In the hook's JSON payload a bare " after an unquoted name ends the JSON
+                # string (`..."Token:"}`): structure, not a quoted value. (A text quote is \".)
                 return None
             name = _full_name(match, match.start("tail")) + _text(groups["tail"])
             keep = _keep_assignment(name, _text(groups["sep"]), value, quoted, False)

@@ -37,7 +37,7 @@ _SEP = r"[ \t]*(?:=>|:=|[:=])(?!=)[ \t]*"
 # start of a (JSON) string.
 _LINE_START = r"""(?:^|(?<=[\r\n])|(?<=\\[nr])|(?<=["']))"""
 # End of a line (look-ahead): newline, JSON escape, end of the string, end of the text.
-_LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\[nr]|\\*"[ \t]*(?:[,}\]:\r\n]|$)|$))"""
+_LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\{1,7}[nr]|\\*"[ \t]*(?:[,}\]:\r\n]|$)|$))"""
 
 # A quoted value of any length, in raw text or at any JSON nesting level up to 3: the closing
 # quote has exactly the backslashes of the opening one, so escaped quotes inside are part of the
@@ -46,8 +46,10 @@ _LINE_END = r"""(?=[ \t]*(?:[\r\n]|\\[nr]|\\*"[ \t]*(?:[,}\]:\r\n]|$)|$))"""
 _DQ_VALUE = (r"""(?P<q>\\{0,7})(?P<dq>")(?P<dv>(?:[^"\\\r\n]|\\+[^"\\\r\nnrt]|(?!(?P=q)")\\+")*+)"""
              r"""(?P=q)(?P<dq2>")""")
 _SQ_VALUE = r"""(?P<sq>')(?P<sv>(?:[^'\\\r\n]|\\+[^\\\r\nnrt])*+)(?P<sq2>')"""
-# An unquoted value: one token (a shell word, a YAML scalar up to the next space).
-_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,}+)"""
+# An unquoted value: one token (a shell word, a YAML scalar up to the next space). A word
+# followed by its own separator is the next name, not a value ("key: SECRET_KEY = 'x'"): the
+# match is dropped so the next name's value is found.
+_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,}+)(?![ \t]+(?:=>|:=|[:=]))"""
 
 # Names that mark the value assigned to them as a secret. The pattern matches only the name's
 # tail (the callback recovers the whole name: anchoring on a literal keeps the scan fast). The
@@ -88,7 +90,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     ("private_key", _PEM_BEGIN + r"(?:" + _PEM_BODY + r"*?" + _PEM_END + r"|" + _PEM_BODY + r"*)",
      ("private key",), "[REDACTED:private_key]"),
     # PuTTY .ppk: the private lines after their header.
-    ("private_key", r"Private-Lines:[ \t]*\d+(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]{4,})+",
+    ("private_key", r"Private-Lines:[ \t]*\d+(?:(?:\r?\n|(?:\\{1,7}r)?\\{1,7}n)[A-Za-z0-9+/=]{4,})+",
      ("private-lines:",), "Private-Lines: [REDACTED:private_key]"),
     # A base64-encoded PEM key (kubeconfig client-key-data, Kubernetes secrets): the callback
     # decodes the start and redacts only private keys (certificates are public).
@@ -166,8 +168,9 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
            "hooks.slack.com", edge=""),
     _token("discord_webhook", r"discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]+", "/api/webhooks/", edge=""),
     _token("teams_webhook", r"webhook\.office\.com/webhookb2/[^\s\"'\\<>]+", "webhook.office.com", edge=""),
-    # Usually inside a URL (api.telegram.org/bot<token>/getMe): no left edge (the digits are bounded).
-    _token("telegram_bot_token", r"\d{8,10}:AA[0-9A-Za-z_\-]{33}" + _R, ":aa", edge=""),
+    # Usually inside a URL (api.telegram.org/bot<token>/getMe): "bot" counts as an edge.
+    _token("telegram_bot_token", r"\d{8,10}:AA[0-9A-Za-z_\-]{33}" + _R, ":aa",
+           edge=r"(?:(?<![A-Za-z0-9_])|(?<=bot)|(?<=\\[nrt]))"),
     _token("sendgrid_key", r"SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}" + _R, "sg."),
     _token("sendinblue_key", r"xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}", "xkeysib-"),
     _token("mailchimp_key", r"[0-9a-f]{32}-us\d{1,2}" + _R, "-us"),
@@ -229,7 +232,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
      + r"[ \t]+value=(?P<vq>\\{0,7}[\"']))(?P<v>[^\"'\\\r\n<>]+)((?P=vq))",
      ("value=",), None),
     # ADO.NET / ODBC connection strings: ;Password=two words;
-    ("connection_string_password", r"(?i)(;[ \t]*(?:password|pwd)[ \t]*=[ \t]*)(?P<v>[^;\"'\\\r\n]+)(?=;|\\{0,7}[\"']|\\[nr]|[\r\n]|$)",
+    ("connection_string_password", r"(?i)(;[ \t]*(?:password|pwd)[ \t]*=[ \t]*)(?P<v>[^;\"'\\\r\n]+)(?=;|\\{0,7}[\"']|\\{1,7}[nr]|[\r\n]|$)",
      ("password", "pwd"), None),
     # Command-line credentials.
     ("cli_password",
@@ -250,7 +253,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     # .netrc: "machine h login u password p", on one line or one keyword per line.
     ("netrc_password",
      r"(?:(?<=[ \t])login[ \t]+[^\s\"'\\]+[ \t]+|" + _LINE_START + r"[ \t]*)(password[ \t]+)(?P<v>[^\s\"'\\]+)"
-     r"(?=[ \t]*(?:$|[\r\n]|\\[nr]|\\*\"|[ \t]+(?:machine|login|account|macdef|default)(?![\w\-])))",
+     r"(?=[ \t]*(?:$|[\r\n]|\\{1,7}[nr]|\\*\"|[ \t]+(?:machine|login|account|macdef|default)(?![\w\-])))",
      ("password",), None),
     # A secret name at the start of a line with a multi-word value (YAML, INI, .properties):
     # "password: correct horse battery staple", "secret = two words".

@@ -183,7 +183,7 @@ _PATTERNS = [re.compile(pattern, re.DOTALL | re.ASCII) for _kind, pattern, _mark
 
 
 @pytest.mark.parametrize("index", range(len(RULES)), ids=[rule[0] for rule in RULES])
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_precheck_never_misses_a_string_a_pattern_matches(index, data):
     """The pre-check (plain substring markers) must say yes whenever the rule could match."""
