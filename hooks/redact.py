@@ -130,8 +130,8 @@ def _keep_assignment(name: str, sep: str, value: str, quoted: bool, line_start: 
         if upper_name and not quoted and sep == "=":
             return False  # shell / .env style: MY_KEY=value
         return not _looks_random(value, 16)
-    if low_name.endswith(("_auth", "-auth", "_pat", "-pat")):
-        # user_auth = basic, file_pat = "*.py" are code; NPM_AUTH=dXNlcjpw... is not.
+    if low_name.endswith(("_auth", "-auth")):
+        # user_auth = basic is code; NPM_AUTH=dXNlcjpw... is not.
         return not _looks_random(value)
     if quoted:
         return False

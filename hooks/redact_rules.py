@@ -53,16 +53,16 @@ _BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=][^\s"'\\,;`]{2,}+)(?![ \t]+(?:=>|:=|[:=]))
 
 # Names that mark the value assigned to them as a secret. The pattern matches only the name's
 # tail (the callback recovers the whole name: anchoring on a literal keeps the scan fast). The
-# ``[_-]key``, ``[_-]auth`` and ``[_-]pat`` families are weak (primary_key, user_auth): the
+# ``[_-]key`` and ``[_-]auth`` families are weak (primary_key, user_auth): the
 # callback decides on those.
 _SECRET_NAME_TAIL = (
     r"(?:password|passwd|passphrase|passcode|secret|token|credentials?|creds|apikey|accesskey|"
-    r"privatekey|secretkey|[_\-]key(?:_base)?|[_\-]pwd|[_\-]pass|[_\-]auth|[_\-]pat)"
+    r"privatekey|secretkey|[_\-]key(?:_base)?|[_\-]pwd|[_\-]pass|[_\-]auth)"
 )
 _SECRET_NAME_MARKERS = (
     "password", "passwd", "passphrase", "passcode", "secret", "token", "credential", "creds",
     "apikey", "accesskey", "privatekey", "secretkey", "_key", "-key", "_pwd", "-pwd", "_pass",
-    "-pass", "_auth", "-auth", "_pat", "-pat",
+    "-pass", "_auth", "-auth",
 )
 
 # A value on a command line: quoted (raw or JSON-escaped) or one shell word.
@@ -150,7 +150,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
            "dp.pt.", "dp.st.", "dp.sa.", "dp.ct.", "dp.scim.", "dp.audit."),
     _token("dynatrace_token", r"dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}", "dt0c01."),
     _token("flyio_token", r"(?:fo1_[A-Za-z0-9_\-]{43}|fm[12][ar]?_[A-Za-z0-9+/]{100,}={0,3})",
-           "fo1_", "fm1", "fm2"),
+           "fo1_", "fm1_", "fm1a_", "fm1r_", "fm2_", "fm2a_", "fm2r_"),
     _token("heroku_key", r"HRKU-AA[0-9A-Za-z_\-]{58}", "hrku-"),
     _token("hashicorp_token", r"(?:hv[sb]\.[A-Za-z0-9_\-]{90,}|[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_\-=]{60,})",
            "hvs.", "hvb.", ".atlasv1."),
@@ -158,8 +158,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
     _token("pulumi_token", r"pul-[a-f0-9]{40}" + _R, "pul-", edge=_LD),
     _token("cloudflare_origin_key", r"v1\.0-[a-f0-9]{24}-[a-f0-9]{146}", "v1.0-"),
     _token("openshift_token", r"sha256~[A-Za-z0-9_\-]{43}", "sha256~"),
-    _token("onepassword_token", r"(?:ops_eyJ[A-Za-z0-9+/]{100,}={0,3}|A3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5})",
-           "ops_eyj", "a3-"),
+    _token("onepassword_token", r"ops_eyJ[A-Za-z0-9+/]{100,}={0,3}", "ops_eyj"),
     # Chat and mail.
     _token("slack_token",
            r"(?:xox[abposre]-[A-Za-z0-9\-]{10,}|xoxe\.xox[bp]-\d-[A-Za-z0-9]{100,}|xapp-\d-[A-Za-z0-9\-]{10,})",
@@ -173,7 +172,7 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
            edge=r"(?:(?<![A-Za-z0-9_])|(?<=bot)|(?<=\\[nrt]))"),
     _token("sendgrid_key", r"SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}" + _R, "sg."),
     _token("sendinblue_key", r"xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}", "xkeysib-"),
-    _token("mailchimp_key", r"[0-9a-f]{32}-us\d{1,2}" + _R, "-us"),
+    _token("mailchimp_key", r"[0-9a-f]{32}-us\d{1,2}" + _R, *(f"-us{d}" for d in range(10))),
     _token("mailgun_key", r"(?:key|pubkey)-[0-9a-f]{32}" + _R, "key-", edge=_LD),
     _token("linear_key", r"lin_api_[A-Za-z0-9]{40}" + _R, "lin_api_"),
     _token("notion_token", r"ntn_[0-9]{11}[A-Za-z0-9]{35}" + _R, "ntn_"),
@@ -232,8 +231,8 @@ RULES: list[tuple[str, str, tuple[str, ...], str | None]] = [
      + r"[ \t]+value=(?P<vq>\\{0,7}[\"']))(?P<v>[^\"'\\\r\n<>]+)((?P=vq))",
      ("value=",), None),
     # ADO.NET / ODBC connection strings: ;Password=two words;
-    ("connection_string_password", r"(?i)(;[ \t]*(?:password|pwd)[ \t]*=[ \t]*)(?P<v>[^;\"'\\\r\n]+)(?=;|\\{0,7}[\"']|\\{1,7}[nr]|[\r\n]|$)",
-     ("password", "pwd"), None),
+    ("connection_string_password", r"(?i)(;[ \t]*(?:password|pwd)=[ \t]*)(?P<v>[^;\"'\\\r\n]+)(?=;|\\{0,7}[\"']|\\{1,7}[nr]|[\r\n]|$)",
+     ("password=", "pwd="), None),
     # Command-line credentials.
     ("cli_password",
      r"(?<![\w\-])((?:mysql\w*|mariadb\w*)(?:[ \t]+[^\s|;&\\]+){0,12}?[ \t]+-p)(?P<v>" + _CLI_VALUE + r")",
