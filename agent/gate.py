@@ -40,6 +40,7 @@ from ccrl.agent.config import Settings, get_settings
 from ccrl.agent.db import ensure_private_dir, session_scope
 from ccrl.agent.eval_config import EvalSettings
 from ccrl.agent.models import DatasetVersion, Evaluation, ModelVersion, TrainingRun, utcnow
+from ccrl.agent.session_lineage import family_members, lineage_roots
 
 PRIMARY = "next_action"
 CANDIDATE = "candidate"
@@ -354,7 +355,9 @@ def plan_evaluation(settings: Settings, *, model_version_id: int | None = None,
         for obj in (dataset, run, version):
             if obj is not None:
                 session.expunge(obj)
-    exclude = trained_sessions(settings, dataset.number)
+    # A resumed or forked copy of a trained session was trained on too (an older version may
+    # have split the family before it was known).
+    exclude = family_members(lineage_roots(settings), trained_sessions(settings, dataset.number))
     return Plan(dataset, run, version, subjects, has_deployed, is_rl, exclude, notes)
 
 
@@ -502,6 +505,7 @@ def evaluate_candidate(
         "dataset_version_id": plan.dataset.id,
         "dataset_version": plan.dataset.number,
         "fold": data.fold,
+        "excluded_seen": data.counts.get("excluded_seen", 0),
         "interval_method": (metrics.get(judged) or next(iter(metrics.values()), {})).get("interval_method"),
         "evaluated_at": evaluated_at,
         "weights_sha256": results[judged].weights_sha256 if judged in results else None,

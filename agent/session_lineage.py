@@ -7,15 +7,17 @@ evaluation leaves out a held-out session whose family was trained on. Read-only.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ccrl.agent.config import Settings
 
-UUID_FIELDS = ("uuid", "parentUuid", "leafUuid", "logicalParentUuid")
-"""Top-level transcript fields that name a message: the line's own id and the ids it continues."""
+UUID_FIELD = re.compile(rb'"(?:uuid|parentUuid|leafUuid|logicalParentUuid)"\s*:\s*"([0-9A-Za-z_-]{8,})"')
+"""Transcript fields that name a message: a line's own id and the ids it continues. Matched on
+the raw bytes (no JSON parse: a build reads every stored session's transcript); a nested field
+of the same name only adds an id no other session's message has."""
 
 
 def transcript_uuids(paths: Iterable[str | Path]) -> set[str]:
@@ -29,14 +31,7 @@ def transcript_uuids(paths: Iterable[str | Path]) -> set[str]:
             continue
         with handle:
             for raw in handle:
-                if b"uuid" not in raw and b"Uuid" not in raw:
-                    continue
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(line, dict):
-                    found.update(v for k in UUID_FIELDS if isinstance(v := line.get(k), str) and v)
+                found.update(m.decode("ascii") for m in UUID_FIELD.findall(raw))
     return found
 
 
@@ -121,6 +116,13 @@ def lineage_roots(settings: Settings) -> dict[str, str]:
     return roots
 
 
+def family_members(roots: dict[str, str], session_ids: Iterable[str]) -> set[str]:
+    """``session_ids`` and every session of their families (``roots`` from :func:`lineage_roots`)."""
+    wanted = {str(s) for s in session_ids}
+    family_roots = {roots[s] for s in wanted if s in roots}
+    return wanted | {s for s, r in roots.items() if r in family_roots}
+
+
 def family_of(settings: Settings, session_ids: Iterable[str]) -> tuple[set[str], set[str]]:
     """The sessions of the families of ``session_ids`` (themselves included) and every message
     uuid they hold (their traces' user-line uuids and their transcripts' uuids, when still on
@@ -131,10 +133,7 @@ def family_of(settings: Settings, session_ids: Iterable[str]) -> tuple[set[str],
     from ccrl.agent.db import get_engine
     from ccrl.agent.models import Session, Trace
 
-    wanted = {str(s) for s in session_ids}
-    roots = lineage_roots(settings)
-    family_roots = {roots[s] for s in wanted if s in roots}
-    members = wanted | {s for s, r in roots.items() if r in family_roots}
+    members = family_members(lineage_roots(settings), session_ids)
     uuids: set[str] = set()
     chunk = 500
     ordered = sorted(members)
