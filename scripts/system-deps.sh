@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond Python and Node (Debian names). Installs the missing ones
 # when it can (root, or passwordless sudo); otherwise says what to install and fails.
-#   systemd     systemd-analyze verify of the agent's unit (tests/test_service_unit.py)
+#   systemd     systemd-analyze verify of the agent's unit (tests/test_service_unit.py); a real user
+#               manager and journald for tests/test_systemd_real.py and tests/test_readme_quickstart.py
 #   golang-go   Go's text/template renders Ollama templates (tests/test_ollama_template.py, test_deploy.py)
 #   chromium    opens the demo's HTML report with its images (tests/test_demo.py)
 #   postgresql  a real PostgreSQL server for the shared-store tests (tests/test_postgres_*.py)

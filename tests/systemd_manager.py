@@ -181,6 +181,8 @@ class SystemdHost:
         runtime.mkdir(parents=True, mode=0o700)
         runtime.chmod(0o700)
         LOCK_FILE.touch(exist_ok=True)
+        # SIGTERM (a CI timeout, a developer's kill) unwinds like Ctrl-C, so the teardown below runs.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         with open(LOCK_FILE) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             made_marker = not MARKER.exists()
@@ -201,8 +203,9 @@ class SystemdHost:
                 procs = []
                 for hierarchy in _hierarchies():
                     folder = hierarchy / cgroup.lstrip("/")
-                    if folder.exists():
-                        raise AssertionError(f"{folder} exists: another user manager runs on this machine")
+                    if folder.exists() and _cgroup_tree_busy(folder):
+                        raise AssertionError(f"{folder} holds processes: another user manager runs on this machine")
+                    _remove_cgroup_tree(folder)  # left empty by a run that was killed before its teardown
                     top = next(p for p in (folder.parent.parent, folder.parent, folder) if not p.exists())
                     try:
                         folder.mkdir(parents=True)
@@ -213,7 +216,9 @@ class SystemdHost:
                 # The shell moves itself into the new cgroups, then becomes the manager.
                 script = 'for f in "$@"; do echo $$ > "$f" 2>/dev/null; done; exec ' + str(SYSTEMD) + " --user"
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime),
-                       "LANG": "C.UTF-8", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh"}
+                       "LANG": "C.UTF-8", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh",
+                       # As under user@.service: the manager's own messages about units go to the journal.
+                       "SYSTEMD_LOG_TARGET": "journal"}
                 log = base / "manager.log"
                 manager = subprocess.Popen(["sh", "-c", script, "sh", *procs], env=env, stdout=open(log, "w"),  # noqa: SIM115
                                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -249,6 +254,16 @@ class SystemdHost:
                     except OSError:
                         pass
                 fcntl.flock(lock, fcntl.LOCK_UN)
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _cgroup_tree_busy(top: Path) -> bool:
+    """Whether any cgroup under ``top`` still holds a process."""
+    return any(procs.read_text().strip() for procs in top.rglob("cgroup.procs"))
 
 
 def _wait(check, timeout: float, what: str) -> None:  # noqa: ANN001
