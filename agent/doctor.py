@@ -325,7 +325,7 @@ def check_hooks(settings: Settings) -> list[Check]:
 
 def check_service() -> Check:
     """The systemd user unit and the agent."""
-    from ccrl.agent.service import unit_status
+    from ccrl.agent.service import journal_command, unit_status
 
     try:
         status = unit_status()
@@ -350,7 +350,7 @@ def check_service() -> Check:
     if not running:
         return Check("agent service", WARNING, f"installed ({'enabled' if status.get('enabled') else 'not enabled'}, "
                      f"{status.get('active')}) but the agent is not running",
-                     "systemctl --user start ccrl-agent; journalctl --user -u ccrl-agent -e says why it stopped")
+                     f"systemctl --user start ccrl-agent; {journal_command()} -e says why it stopped")
     return Check("agent service", OK, f"running (pid {status['agent'].get('pid')}, {status.get('active')})")
 
 
