@@ -134,6 +134,23 @@ def _fixture_dataset(work: Path) -> str:
     return json.loads(built.stdout)["path"]
 
 
+def resolve_inputs(args: argparse.Namespace, work: Path) -> None:
+    """Fill ``args.model`` (the embedded SmolLM2 by default), ``args.family`` and ``args.dataset``
+    (built from the fixtures in ``work`` by default)."""
+    from transformers import AutoTokenizer
+
+    from ccrl.agent.config import get_settings
+    from ccrl.trainers.base_models import ensure_embedded_base
+    from ccrl.trainers.chat_templates import detect_family
+
+    if args.model is None:
+        cache = Path(args.cache) if args.cache else get_settings().home / "models" / "base"
+        args.model = str(ensure_embedded_base(cache))
+    args.family = args.family or detect_family(AutoTokenizer.from_pretrained(args.model))
+    if args.dataset is None:
+        args.dataset = _fixture_dataset(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=["plain", "pipeline"])
@@ -155,20 +172,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from transformers import AutoTokenizer
-
-    from ccrl.agent.config import get_settings
-    from ccrl.trainers.base_models import ensure_embedded_base
-    from ccrl.trainers.chat_templates import detect_family
-
     with tempfile.TemporaryDirectory(prefix="ccrl-sft-bench-") as tmp:
         work = Path(tmp)
-        if args.model is None:
-            cache = Path(args.cache) if args.cache else get_settings().home / "models" / "base"
-            args.model = str(ensure_embedded_base(cache))
-        args.family = args.family or detect_family(AutoTokenizer.from_pretrained(args.model))
-        if args.dataset is None:
-            args.dataset = _fixture_dataset(work)
+        resolve_inputs(args, work)
         runs: dict[str, list[dict]] = {"plain": [], "pipeline": []}
         for repeat in range(args.repeats):
             for mode in ("plain", "pipeline"):

@@ -16,7 +16,7 @@ import pytest
 
 from ccrl.agent.conversation import render_assistant_text, trace_to_messages
 from ccrl.trainers.chat_templates import attach_template
-from ccrl.trainers.sft_windows import WindowStats, fitted_windows, window_examples
+from ccrl.trainers.sft_windows import WindowStats, fitted_windows, mask_spans, window_examples
 from ccrl.trainers.windows import estimate_cost, plan_windows, prompt_window
 
 from conftest import embedded_tokenizer_dir
@@ -58,17 +58,6 @@ def long_trace(calls: int, seed: int, *, huge_write: bool = False) -> dict:
     steps.append({"kind": "text", "text": "All tests pass now: the import path was wrong."})
     return {"prompt": "Fix the failing test in src/ and explain why it failed.", "cwd": "/repo", "steps": steps,
             "tool_calls": results, "response": "All tests pass now: the import path was wrong.", "status": "complete"}
-
-
-def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, bit in enumerate([*mask, 0]):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
 
 
 def test_every_decision_of_a_50_call_trace_is_a_target_exactly_once_within_512_tokens(tok):

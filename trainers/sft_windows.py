@@ -72,7 +72,8 @@ def token_cost(tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> Cos
     return cost
 
 
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
+def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of ones in a 0/1 mask."""
     spans, start = [], None
     for i, bit in enumerate([*mask, 0]):
         if bit and start is None:
@@ -89,7 +90,7 @@ def encode_window(tokenizer: Any, window: Window, tools: list[dict[str, Any]] | 
     out = tokenizer.apply_chat_template(window.messages, tools=tools, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids = list(out["input_ids"])
-    spans = _runs(list(out["assistant_masks"]))
+    spans = mask_spans(list(out["assistant_masks"]))
     assistants = [k for k, m in enumerate(window.messages) if m.get("role") == "assistant"]
     if len(spans) != len(assistants):
         raise WindowingError(f"the chat template marked {len(spans)} assistant spans for {len(assistants)} assistant "
