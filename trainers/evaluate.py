@@ -12,9 +12,9 @@ Held-out sessions are split by a hash of their id into a *dev* fold (for choosin
 and a *test* fold (for the reported figures, the demo and the gate): see :func:`session_fold`.
 Every interval resamples sessions (``ccrl.trainers.metrics.session_rate``).
 
-1. teacher-forced next-action agreement at every held-out assistant turn whose prefix fits
-   ``max_prompt_tokens`` (estimated from characters, so every model gets the same decisions),
-   at most ``max_decisions`` of them (a seeded sample when there are more);
+1. teacher-forced next-action agreement at every held-out assistant turn, its prompt windowed to
+   ``max_prompt_tokens`` (estimated from characters, so every model gets the same prompts), at
+   most ``max_decisions`` of them (a seeded sample when there are more);
 2. free-running plan similarity: one greedy workflow-format plan per held-out RL prompt (at most
    ``max_plans``), compared with Claude's tool sequence;
 3. the behavioural reward of those plans, when a reward function is given (the RL trainer's
@@ -79,8 +79,9 @@ class EvalConfig:
     max_decisions: int = 200
     """Held-out decisions scored at most (a seeded sample when there are more)."""
     max_prompt_tokens: int = 3072
-    """Decisions whose prefix is estimated longer than this (4 characters a token) are left out
-    and counted: long prefixes cost the most and a CPU-trained model never saw them."""
+    """Each decision's prompt is its window of at most this many tokens (estimated at 4 characters
+    a token, the same for every model): older tool results shortened, then older turns dropped,
+    with markers, as SFT windows its examples (``trainers/windows.py``); no decision is left out."""
     decision_max_new_tokens: int = 256
     """Tokens a model may write for one turn (its reasoning, then its calls)."""
     max_plans: int = 50
