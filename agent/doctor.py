@@ -429,6 +429,9 @@ def _check_last_cycle(settings: Settings) -> Check:
     """The newest training cycle: what it ended with, or why it stopped."""
     from ccrl.agent.agent_status import agent_status
 
+    url = settings.db_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return Check("last cycle", INFO, "none yet: the store does not exist yet")  # opening it would create it
     try:
         report = agent_status(settings, recent=1)
     except Exception as exc:  # noqa: BLE001 - an unreadable store is the database check's finding

@@ -50,6 +50,8 @@ def test_a_fresh_install_works_and_says_what_is_missing(home):
     assert checks["Ollama"]["level"] == "warning" and CLOSED_PORT in checks["Ollama"]["detail"]
     assert "OLLAMA_HOST" in checks["Ollama"]["fix"]
     assert checks["agent service"]["level"] == "warning" and "ccrl service install" in checks["agent service"]["fix"]
+    # No unit installed: nothing to ask systemd or the journal (tests/test_systemd_real.py checks a running one).
+    assert not {"service state", "service status", "last cycle", "journal"} & set(checks)
     assert not home.exists()  # looking created nothing
 
 
