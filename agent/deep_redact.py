@@ -22,6 +22,7 @@ pattern cost more than a piece's length squared (benchmarks/ingest_redaction.py 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from functools import lru_cache
@@ -191,22 +192,39 @@ def detector_pass(text: str) -> str:
 
 def redact_obj(obj: Any) -> Any:
     """Redact every string inside a JSON-like value (dict keys kept as they are)."""
-    if isinstance(obj, str):
-        return redact_text(obj)
-    if isinstance(obj, dict):
-        return {k: redact_obj(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_obj(v) for v in obj]
-    return obj
+    return hook_rules.redact_obj(obj, redact_text)
+
+
+# A complete JSON string literal (linear: no nested quantifier can backtrack).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
+
+
+def _redact_json_string(match: re.Match[str]) -> str:
+    literal = match.group(0)
+    try:
+        value = json.loads(literal)
+    except ValueError:
+        return literal
+    redacted = detector_pass(value)
+    return literal if redacted == value else json.dumps(redacted, ensure_ascii=False)
 
 
 def redact_bytes(data: bytes) -> bytes:
-    """Raw bytes (an inbox row, a quarantined line): the hook's rules, then the detectors on its
-    text when it is UTF-8 (bytes that are not are left to the hook's rules)."""
+    """Raw bytes (an inbox row, a quarantined line): the hook's rules, then the detectors on
+    each JSON string value in it (its decoded text, so a bare quote of the JSON structure is
+    never read as part of a value; numbers and layout keep their bytes). Bytes that are not UTF-8
+    are left to the hook's rules."""
     data = hook_rules.redact_bytes(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return data
-    redacted = redact_text(text)
+    if text.lstrip()[:1] not in ("{", "["):
+        redacted = detector_pass(text)
+    else:
+        redacted = _JSON_STRING.sub(_redact_json_string, text)
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):  # cut-off (or too deep) JSON: its unterminated last value is no literal
+            redacted = detector_pass(redacted)
     return data if redacted == text else redacted.encode("utf-8")

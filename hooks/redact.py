@@ -357,12 +357,14 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_obj(obj):
-    """Redact every string inside a JSON-like value (dict keys kept as they are)."""
+def redact_obj(obj, redact=None):
+    """Redact every string inside a JSON-like value (dict keys kept as they are), with these
+    rules or, for ingest's second pass, the text function ``redact``."""
+    redact = redact or redact_text
     if isinstance(obj, str):
-        return redact_text(obj)
+        return redact(obj)
     if isinstance(obj, dict):
-        return {k: redact_obj(v) for k, v in obj.items()}
+        return {k: redact_obj(v, redact) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, redact) for v in obj]
     return obj

@@ -104,6 +104,18 @@ def test_the_same_secret_elsewhere_in_the_text_goes_too():
     assert secret not in out
 
 
+@pytest.mark.parametrize("kind,line,secret", detector_secrets()[:3], ids=[c[0] for c in detector_secrets()[:3]])
+def test_raw_json_is_redacted_value_by_value_and_stays_valid(kind, line, secret):  # noqa: ARG001
+    """The pass reads each JSON string's decoded text: the JSON's own quotes are never part of a
+    value, numbers keep their bytes, and the event stays valid JSON."""
+    raw = ('{"tool_input": {"command": ' + json.dumps(line + " -> Token:") + '}, "big": 1e400, '
+           '"note": "-> Token:"}').encode()
+    out = deep_redact.redact_bytes(raw)
+    assert secret.encode() not in out and b"[REDACTED:" in out  # the hook's rules may name it first
+    assert b'"big": 1e400' in out and b'"note": "-> Token:"' in out
+    assert json.loads(out)["tool_input"]["command"].endswith(" -> Token:")
+
+
 def test_a_long_line_is_scanned_in_pieces_and_still_caught():
     kind, line, secret = detector_secrets()[0]
     text = ("filler, " * 5000) + line + (" more" * 5000)
