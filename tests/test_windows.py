@@ -17,7 +17,7 @@ import pytest
 from ccrl.agent.conversation import render_assistant_text, trace_to_messages
 from ccrl.trainers.chat_templates import attach_template
 from ccrl.trainers.sft_windows import WindowStats, fitted_windows, mask_spans, window_examples
-from ccrl.trainers.windows import estimate_cost, plan_windows, prompt_window
+from ccrl.trainers.windows import cut_target, estimate_cost, plan_windows, prompt_window
 
 from conftest import embedded_tokenizer_dir
 
@@ -165,3 +165,16 @@ def test_sft_on_windowed_data_learns(tmp_path):
     m = result.metrics
     assert m["train_decisions"] == m["train_decisions_trained"] > 20
     assert m["train_examples"] > 3 and m["eval_loss_after"] < m["eval_loss_before"]
+
+
+def test_a_target_with_a_long_list_is_trimmed_to_its_first_items_and_keeps_its_name():
+    todos = [{"content": f"task {i}", "status": "pending", "activeForm": f"doing {i}"} for i in range(300)]
+    message = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "id": "t1", "function": {"name": "TodoWrite", "arguments": json.dumps({"todos": todos})}}]}
+    cost = estimate_cost(render_assistant_text)
+    assert cost(message) > 10 * 120
+    cut = cut_target(message, 120, cost)
+    assert cut is not None and cost(cut) <= 120
+    call = cut["tool_calls"][0]["function"]
+    kept = json.loads(call["arguments"])["todos"]
+    assert call["name"] == "TodoWrite" and kept[-1].endswith("more items omitted]") and kept[0]["status"] == "pending"

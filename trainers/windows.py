@@ -14,6 +14,7 @@ Pure functions over chat messages; token counts come from a ``cost(message) -> i
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -148,7 +149,27 @@ def cut_arguments(arguments: str, limit: int) -> str:
     return _JSON_STRING.sub(replace, arguments)
 
 
-def _cut_message(message: Message, limit: int, calls: int) -> Message:
+def _trim_lists(value: Any, items: int) -> Any:
+    if isinstance(value, list):
+        kept = [_trim_lists(v, items) for v in value[:items]]
+        return kept + ([f"[ccrl: {len(value) - items} more items omitted]"] if len(value) > items else [])
+    if isinstance(value, dict):
+        return {k: _trim_lists(v, items) for k, v in value.items()}
+    return value
+
+
+def trim_lists(arguments: str, items: int) -> str:
+    """A call's arguments JSON with every array cut to its first ``items`` elements and a marker
+    (written compact with keys sorted and ``<`` ``>`` ``&`` escaped, as the canonical form is)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    text = json.dumps(_trim_lists(value, items), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _cut_message(message: Message, limit: int, calls: int, items: int | None = None) -> Message:
     content = message.get("content")
     out = dict(message)
     if isinstance(content, str) and len(content) > limit + len(_cut_marker(len(content))):
@@ -160,6 +181,8 @@ def _cut_message(message: Message, limit: int, calls: int) -> Message:
             function = dict(call.get("function") or {})
             arguments = function.get("arguments")
             if isinstance(arguments, str):
+                if items is not None:
+                    arguments = trim_lists(arguments, items)
                 function["arguments"] = cut_arguments(arguments, limit)
             cut.append({**call, "function": function})
         out["tool_calls"] = cut
@@ -178,22 +201,25 @@ def _longest_text(message: Message) -> int:
 def cut_target(message: Message, room: int, cost: Cost) -> Message | None:
     """``message`` shortened at its tail to cost at most ``room``: its text and every string
     argument cut to the longest length that fits (with markers), then, if that is not enough,
-    its later calls left out; the first call's name always stays. None when even that does not
-    fit."""
+    long arrays cut to their first items, then its later calls left out; the first call's name
+    always stays. None when even that does not fit."""
     if cost(message) <= room:
         return message
     calls = len(message.get("tool_calls") or [])
     for keep in range(calls, 0, -1) if calls else [0]:
-        if cost(_cut_message(message, 0, keep)) > room:
-            continue
-        low, high = 0, _longest_text(message)  # fits at low; find the largest limit that fits
-        while low < high:
-            mid = (low + high + 1) // 2
-            if cost(_cut_message(message, mid, keep)) <= room:
-                low = mid
-            else:
-                high = mid - 1
-        return _cut_message(message, low, keep)
+        # Long arrays (a todo list, many edits) are cut to their first items only when cutting
+        # the strings is not enough.
+        for items in (None, 8, 2, 0):
+            if cost(_cut_message(message, 0, keep, items)) > room:
+                continue
+            low, high = 0, _longest_text(message)  # fits at low; find the largest limit that fits
+            while low < high:
+                mid = (low + high + 1) // 2
+                if cost(_cut_message(message, mid, keep, items)) <= room:
+                    low = mid
+                else:
+                    high = mid - 1
+            return _cut_message(message, low, keep, items)
     return None
 
 
