@@ -33,6 +33,7 @@ from sqlmodel import select
 
 from ccrl.agent.config import Settings
 from ccrl.agent.db import session_scope
+from ccrl.agent.owned_paths import within
 
 DERIVED_COMMAND = "ccrl purge --derived"
 # What ``build_dataset`` writes into a version folder (an ``--out`` folder outside CCRL_HOME is
@@ -367,14 +368,6 @@ def _delete_rows(settings: Settings, found: Derived) -> None:
             db.exec(delete(DatasetVersion).where(DatasetVersion.id.in_(chunk)))
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def _remove_path(path: Path, removal: Removal) -> None:
     try:
         if path.is_dir() and not path.is_symlink():
@@ -392,7 +385,7 @@ def _remove_path(path: Path, removal: Removal) -> None:
 def _remove_dataset_folder(settings: Settings, path: Path, removal: Removal) -> None:
     if not path.exists():
         return
-    if _inside(path, settings.home / "datasets"):
+    if within(path, settings.home / "datasets"):
         _remove_path(path, removal)
         return
     if not ((path / "jsonl").is_dir() and (path / "dataset_dict.json").is_file()):
@@ -432,7 +425,7 @@ def _remove_files(settings: Settings, found: Derived, removal: Removal) -> None:
         path = Path(recorded)
         if not path.exists():
             continue
-        if _inside(path, root):
+        if within(path, root):
             _remove_path(path, removal)
         else:
             removal.remaining.append(f"{path} ({what}): outside {root}, so ccrl does not delete it; delete it yourself")
