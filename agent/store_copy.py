@@ -292,6 +292,17 @@ class _Copier:
             self.progress("quarantine", count.read, totals["quarantine"])
 
 
+def _redact_with_todays_rules(settings: Settings, source_url: str) -> None:
+    """A store captured by an earlier ccrl is re-redacted before its rows travel: the target may
+    already be re-redacted (its recorded rules current), and would never look at them again."""
+    from ccrl.agent.ingest import LOCK_FILE
+    from ccrl.agent.lock import FileLock
+    from ccrl.agent.reredact import reredact_store
+
+    with FileLock(settings.home / LOCK_FILE, name="ingest").hold("store copy", wait=True, timeout=600):
+        reredact_store(settings.model_copy(update={"database_url": source_url}))
+
+
 def copy_store(settings: Settings, target_url: str, source_url: str | None = None,
                progress: Progress | None = None) -> CopyReport:
     """Copy the captured data of ``source_url`` (default: this data directory's SQLite store)
@@ -312,6 +323,7 @@ def copy_store(settings: Settings, target_url: str, source_url: str | None = Non
         raise StoreCopyError(f"there is no store at {sqlite_file} to copy")
     source = _open(settings, source_url, "source")
     target = _open(settings, target_url, "target")
+    _redact_with_todays_rules(settings, source_url)
     report = CopyReport(source=_masked(source_url), target=_masked(target_url))
     from ccrl.agent.forward import unreachable
     from ccrl.agent.status import scrub_password

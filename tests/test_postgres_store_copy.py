@@ -173,3 +173,31 @@ def test_copy_needs_a_target_and_a_source(ccrl_home, pg_url):
     assert result.exit_code == 2 and "--to" in result.stderr
     missing = runner.invoke(app, ["store", "copy", "--to", pg_url])  # nothing captured here yet
     assert missing.exit_code == 1 and "there is no store at" in " ".join(missing.stderr.split())
+
+
+def test_rows_captured_before_todays_rules_are_redacted_before_they_travel(ccrl_home, pg_url, tmp_path):
+    """A local store never re-redacted (captured by an earlier ccrl) copied into a shared store:
+    the copied rows carry today's redaction, not the secrets the old rules let through."""
+    from ccrl.agent.drain import ensure_local_stores
+    from ccrl.agent.store_copy import copy_store
+    from ccrl.agent.config import get_settings
+
+    from test_reredact import _older_store
+    from test_secret_bytes import detector_secrets
+
+    ensure_local_stores()
+    cases = detector_secrets(seed=5)
+    places = ["prompt", "response", "reasoning", "steps", "tool_input", "tool_output", "hook_event", "quarantine"]
+    secrets = {place: cases[i % len(cases)][1] for i, place in enumerate(places)}
+    raw = [cases[i % len(cases)][2] for i in range(len(places))]
+    _older_store(ccrl_home, secrets)
+
+    report = copy_store(get_settings(), pg_url)
+    assert report.tables["traces"].copied == 2 and report.tables["hook_events"].copied == 1
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        dumped = json.dumps([list(map(str, conn.execute(text(f"SELECT * FROM {table}")).all()))
+                             for table in ("traces", "tool_calls", "hook_events", "quarantine")])
+    engine.dispose()
+    assert "[REDACTED:" in dumped
+    assert not any(secret in dumped for secret in raw)
