@@ -184,10 +184,11 @@ WantedBy=default.target
 
 def journal_args(uid: int | None = None) -> list[str]:
     """The journalctl arguments that select the agent's entries. A normal user reads their own
-    journal (``--user -u``, journalctl(1)); journald keeps root's entries (and those of system
-    users) in the system journal, where ``--user-unit`` (``_SYSTEMD_USER_UNIT=``) finds them."""
+    journal (``--user -u``, journalctl(1)); journald keeps the entries of root and system users
+    (uid below 1000, Debian's and most distributions' SYS_UID_MAX + 1) in the system journal,
+    where ``--user-unit`` (``_SYSTEMD_USER_UNIT=``) finds them."""
     uid = os.getuid() if uid is None else uid
-    return ["--user-unit", "ccrl-agent"] if uid == 0 else ["--user", "-u", "ccrl-agent"]
+    return ["--user-unit", "ccrl-agent"] if uid < 1000 else ["--user", "-u", "ccrl-agent"]
 
 
 def journal_command(uid: int | None = None) -> str:

@@ -235,6 +235,27 @@ def test_install_and_start_return_after_ready_with_the_hardening_in_effect(world
         assert not (v1_memory / "memory.high").exists()
 
 
+def test_the_environment_file_keeps_any_password_intact(world):
+    """What ``ccrl service install`` writes is read back by systemd's own parser unchanged."""
+    from ccrl.agent.service import render_env_file
+
+    password = "p@ss 'w\"o`rd $HOME \\n %h ;#"
+    url = f"postgresql+psycopg://ccrl:{password}@db.example.org/ccrl"
+    env_file = world.sandbox.root / "check.env"
+    env_file.write_text(render_env_file({"CCRL_DATABASE_URL": url}))
+    out = world.sandbox.root / "check.out"
+    unit = world.sandbox.home / ".config" / "systemd" / "user" / "ccrl-envcheck.service"
+    unit.write_text(f"[Service]\nType=oneshot\nEnvironmentFile={env_file}\n"
+                    f"ExecStart=/bin/sh -c 'printf %%s \"$$CCRL_DATABASE_URL\" > {out}'\n")
+    try:
+        world.manager.systemctl("daemon-reload")
+        world.manager.systemctl("start", "ccrl-envcheck")
+        assert out.read_text() == url
+    finally:
+        unit.unlink()
+        world.manager.systemctl("daemon-reload")
+
+
 def test_an_event_from_the_installed_hook_is_drained_by_the_service(world):
     world.ccrl("hooks", "install", "--scope", "user")
     command = world.ccrl("hooks", "command").stdout.strip()
