@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,8 @@ def read_decisions(root: Path, settings: Settings, *, trained_sessions: set[str]
             found.skipped_traces[f"bad_input:{exc.reason}"] += 1
             continue
         row = next(r for r in converted.rows if r["format"] == conv.TRAJECTORY)
-        points = m.decision_points(row["messages"], trace_id=trace["id"], tools=row["tools"])
+        points = m.decision_points(row["messages"], trace_id=trace["id"], tools=row["tools"],
+                                   max_prompt_tokens=max_prompt_tokens)  # long prefixes are windowed
         reason = trace_filter(trace_view, signals, cfg)
         if reason == "subagent":
             reason = None  # subagent decisions are reported apart, not dropped
@@ -247,18 +248,27 @@ def _candidate(settings: Settings, version_id: int | None, run_id: int | None) -
 
 
 def evaluate_sessions(root: str | Path, *, version_id: int | None = None, run_id: int | None = None,
-                      max_decisions: int = 300, seed: int = 0, settings: Settings | None = None,
+                      max_decisions: int = 300, seed: int = 0, max_prompt_tokens: int | None = None,
+                      max_new_tokens: int | None = None, settings: Settings | None = None,
                       progress: Any = None) -> dict[str, Any]:
     """Score the candidate (a model version's id, a training run's id, or the newest version),
     the base model and both baselines on the decisions under ``root``; the report is the
-    ``--json`` shape of ``ccrl eval --sessions``. Writes nothing to the store."""
+    ``--json`` shape of ``ccrl eval --sessions``. Writes nothing to the store.
+
+    ``max_prompt_tokens`` (each decision's prompt window) and ``max_new_tokens`` (per turn)
+    default to ``[eval]``'s; the prompt's prefill is most of the cost on a CPU."""
     from ccrl.agent.session_lineage import family_of
     from ccrl.trainers.evaluate import EvalData, _rows, _clean_messages, _is_trajectory, _tool_sequence
-    from ccrl.trainers.evaluate import EvaluationError, evaluate_baselines, evaluate_model, weights_digest
+    from ccrl.trainers.evaluate import EvaluationError, evaluate_baselines, evaluate_model, llama_threads, weights_digest
     from ccrl.trainers import metrics as m
 
     settings = settings or get_settings()
-    config = settings.eval.eval_config(max_decisions=max_decisions, seed=seed, max_plans=0, fold="all")
+    overrides: dict[str, Any] = {"max_decisions": max_decisions, "seed": seed, "max_plans": 0, "fold": "all"}
+    if max_prompt_tokens is not None:
+        overrides["max_prompt_tokens"] = max_prompt_tokens
+    if max_new_tokens is not None:
+        overrides["decision_max_new_tokens"] = max_new_tokens
+    config = settings.eval.eval_config(**overrides)
     target = _candidate(settings, version_id, run_id)
     plan = target["plan"]
     trained, uuids = family_of(settings, plan.exclude_sessions)
@@ -285,20 +295,23 @@ def evaluate_sessions(root: str | Path, *, version_id: int | None = None, run_id
                     tools=found.tools, counts={"decisions": len(points), "sessions": sessions})
     results = {b.name: b for b in evaluate_baselines(data, config)}
     errors: dict[str, str] = {}
-    subject = target["subject"]
+    subject, base = target["subject"], target["base"]
+    if base is None:
+        errors["base"] = "; ".join(plan.notes) or "the base model is not recorded"
+    # One thread on a small machine, as for llama.cpp: on 2 busy cores 2 torch threads were
+    # several times slower than 1 (measured: README). A second process for the base beside the
+    # candidate was slower still there, so the models run one after the other.
+    config = replace(config, threads=config.threads or llama_threads())
     try:
         results["candidate"] = evaluate_model(subject.path, data, config, name="candidate",
                                               tools_in_training=subject.tools_in_training, progress=progress)
     except (EvaluationError, OSError, ValueError) as exc:
         raise SessionsEvalError(f"cannot evaluate the candidate at {subject.path}: {exc}") from exc
-    base = target["base"]
     if base is not None:
         try:
             results["base"] = evaluate_model(base.path, data, config, name="base", progress=progress)
         except (EvaluationError, OSError, ValueError) as exc:
             errors["base"] = str(exc)
-    else:
-        errors["base"] = "; ".join(plan.notes) or "the base model is not recorded"
     chains = {name: {c: [r for r in result.decisions if found.chain.get(r["trace_id"]) == c] for c in CHAINS}
               for name, result in results.items()}
     report: dict[str, Any] = {

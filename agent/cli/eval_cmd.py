@@ -163,14 +163,14 @@ def _show_sessions(report: dict[str, Any]) -> None:
         _out.print(f"[yellow]not measured:[/yellow] {escape(name)}: {escape(error)}")
 
 
-def _eval_sessions(settings: Any, folder: str, version: int | None, run: int | None, max_decisions: int, seed: int,
-                   json_out: bool) -> None:
+def _eval_sessions(settings: Any, folder: str, version: int | None, run: int | None, json_out: bool,
+                   **sizes: Any) -> None:
     from ccrl.agent.eval_sessions import SessionsEvalError, evaluate_sessions
 
     version_id, run_id = _target(settings, version, run)
     try:
-        report = evaluate_sessions(folder, version_id=version_id, run_id=run_id, max_decisions=max_decisions,
-                                   seed=seed, settings=settings, progress=_progress())
+        report = evaluate_sessions(folder, version_id=version_id, run_id=run_id, settings=settings,
+                                   progress=_progress(), **sizes)
     except SessionsEvalError as exc:
         _fail(str(exc))
     except ModuleNotFoundError as exc:
@@ -191,6 +191,13 @@ def eval_command(
     max_decisions: int = typer.Option(300, "--max-decisions", min=1, help="With --sessions: decisions scored at most "
                                                                           "(a seeded sample when there are more)."),
     seed: int = typer.Option(0, "--seed", help="With --sessions: seed of the sample and the bootstrap."),
+    max_prompt_tokens: int | None = typer.Option(
+        None, "--max-prompt-tokens", min=64,
+        help="With --sessions: each decision's prompt window in tokens (default: [eval] max_prompt_tokens); "
+             "its prefill is most of the time on a CPU."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", min=8,
+        help="With --sessions: tokens a model may write per decision (default: [eval] decision_max_new_tokens)."),
     fold: str | None = typer.Option(None, "--fold", help="Held-out fold: test (default; reported figures and the gate), "
                                                          "dev (for choosing settings) or all."),
     wait: bool = typer.Option(False, "--wait", help="Wait while the agent (or another command) holds the pipeline."),
@@ -216,7 +223,8 @@ def eval_command(
     # The gate logs its decision: to stderr (the process's own), never into --json's stdout.
     configure_logging(settings.agent.log_level, stream=sys.__stderr__)
     if sessions is not None:
-        _eval_sessions(settings, sessions, version, run, max_decisions, seed, json_out)
+        _eval_sessions(settings, sessions, version, run, json_out, max_decisions=max_decisions, seed=seed,
+                       max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens)
         return
     version_id, run_id = _target(settings, version, run)
     try:
