@@ -261,7 +261,8 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
         assert result["samples"]["traces"] >= 60 and steps["import"]["summary"]["tool_errors"] > 0
         assert steps["dataset"]["summary"]["eval_traces"] > 0 and not steps["dataset"]["summary"]["dropped"]
         assert steps["sft"]["summary"]["base_model"] == str(tiny)
-        assert steps["sft"]["summary"]["eval_examples"] == PROFILES["ci"].sft["max_eval_examples"]
+        # The first max_eval_examples held-out conversations, each one or more decision windows.
+        assert steps["sft"]["summary"]["eval_examples"] >= PROFILES["ci"].sft["max_eval_examples"]
         assert steps["rl"]["summary"]["global_step"] >= 1
         assert steps["export"]["summary"]["quant"] and Path(steps["export"]["summary"]["gguf"]).is_file()
         gate = result["gate"]
