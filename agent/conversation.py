@@ -89,6 +89,7 @@ from ccrl.agent.signals import (
     step_text,
     trace_steps,
 )
+from ccrl.trainers.windows import middle_cut
 
 CHARS_PER_TOKEN = 4  # estimate without a tokenizer (the agent never loads one)
 DEFAULT_TOOL_RESULT_TOKENS = 512
@@ -170,13 +171,7 @@ def estimate_tokens(text: str) -> int:
 def truncate_result(text: str, max_tokens: int = DEFAULT_TOOL_RESULT_TOKENS) -> str:
     """Cut a tool result to about ``max_tokens``: the head and the tail are kept, the middle
     becomes ``[ccrl: N characters omitted]``."""
-    budget = max(0, max_tokens) * CHARS_PER_TOKEN
-    if len(text) <= budget:
-        return text
-    head = budget * 2 // 3
-    tail = budget - head
-    omitted = len(text) - head - tail
-    return f"{text[:head]}\n[ccrl: {omitted} characters omitted]\n{text[len(text) - tail:] if tail else ''}"
+    return middle_cut(text, max(0, max_tokens) * CHARS_PER_TOKEN, lambda omitted: f"\n[ccrl: {omitted} characters omitted]\n")
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")

@@ -99,7 +99,9 @@ def split_conversation(messages: Sequence[Message]) -> tuple[list[Message], list
     return head, turns
 
 
-def _middle_cut(text: str, keep_chars: int, marker: Callable[[int], str]) -> str:
+def middle_cut(text: str, keep_chars: int, marker: Callable[[int], str]) -> str:
+    """``text`` cut to ``keep_chars`` characters: two thirds from its head, the rest from its tail,
+    ``marker(omitted characters)`` between them."""
     if len(text) <= keep_chars:
         return text
     head = keep_chars * 2 // 3
@@ -116,7 +118,7 @@ def shorten_results(turn: list[Message], tokens: int) -> tuple[list[Message], in
     for message in turn[1:]:
         content = message.get("content")
         if isinstance(content, str) and len(content) > tokens * CHARS_PER_TOKEN:
-            message = {**message, "content": _middle_cut(content, tokens * CHARS_PER_TOKEN, shortened_result_marker)}
+            message = {**message, "content": middle_cut(content, tokens * CHARS_PER_TOKEN, shortened_result_marker)}
             cut += 1
         out.append(message)
     return out, cut
@@ -235,12 +237,12 @@ def _fit_head(head: list[Message], limit: int, cost: Cost) -> list[Message]:
     low, high = 0, len(content)
     while low < high:
         mid = (low + high + 1) // 2
-        trial = {**head[i], "content": _middle_cut(content, mid, lambda n: f"\n[ccrl: {n} characters omitted]\n")}
+        trial = {**head[i], "content": middle_cut(content, mid, lambda n: f"\n[ccrl: {n} characters omitted]\n")}
         if total - cost(head[i]) + cost(trial) <= limit:
             low = mid
         else:
             high = mid - 1
-    return [*head[:i], {**head[i], "content": _middle_cut(content, low, lambda n: f"\n[ccrl: {n} characters omitted]\n")},
+    return [*head[:i], {**head[i], "content": middle_cut(content, low, lambda n: f"\n[ccrl: {n} characters omitted]\n")},
             *head[i + 1:]]
 
 
