@@ -53,11 +53,13 @@ def test_samples_ship_in_the_package_small_and_safe():
     assert all(m.name.endswith(".jsonl") and m.name.startswith("-home-dev-projects-") for m in files)
     assert len(files) == manifest["files"] and manifest["claude_code"].startswith("2.1.")
     assert 60 <= manifest["traces"] <= 120 and manifest["tool_errors"] > 0
-    # The packaging rule that ships them (pyproject.toml package-data of ccrl.agent).
+    # The packaging rule that ships them (pyproject.toml: the samples folder is a data package);
+    # tests/test_wheel.py checks the built wheel holds them.
     import tomllib
 
-    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "data/**/*" in package_data["ccrl.agent"]
+    setuptools_table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "ccrl.agent.data.samples" in setuptools_table["packages"]
+    assert {"manifest.json", "*.tar.xz"} <= set(setuptools_table["package-data"]["ccrl.agent.data.samples"])
 
 
 def test_samples_are_real_claude_code_transcripts_without_machine_paths():
