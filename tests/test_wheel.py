@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The three code folders and the package each installs as (pyproject.toml's package-dir).
 FOLDERS = {"hooks": "ccrl.hooks", "agent": "ccrl.agent", "trainers": "ccrl.trainers"}
 # Files that are not code but ship with the package (pyproject.toml's package-data).
-DATA_SUFFIXES = (".jinja", ".yaml", ".json", ".jsonl")
+DATA_SUFFIXES = (".jinja", ".yaml", ".json", ".jsonl", ".tar.xz")
 
 
 def checkout_modules() -> list[str]:
@@ -73,7 +73,7 @@ def test_the_wheel_holds_every_module_and_data_file(installed: Path) -> None:
                and not (installed / Path(*name.split(".")) / "__init__.py").exists()]
     assert missing == []
     data = checkout_data_files()
-    assert any(name.endswith(".jinja") for name in data)  # the templates are among them
+    assert any(name.endswith(".jinja") for name in data) and any(name.endswith(".tar.xz") for name in data)
     assert [name for name in data if not (installed / name).exists()] == []
 
 
