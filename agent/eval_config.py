@@ -25,6 +25,10 @@ class EvalSettings(BaseModel):
     plan_max_new_tokens: int = Field(default=768, ge=16, description="Tokens a model may write for one whole plan.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence level of every interval.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for evaluation; empty = the library default.")
+    batch_size: int = Field(
+        default=8, ge=1,
+        description="Decisions a Hugging Face model generates together (greedy, same text as one at a time; faster on a CPU). 1: one at a time.",
+    )
     dev_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="Share of held-out sessions (by id hash) in the dev fold.")
     resamples: int = Field(default=2000, ge=100, description="Session-bootstrap resamples of every interval.")
     evaluate_gguf: bool = Field(
@@ -54,6 +58,6 @@ class EvalSettings(BaseModel):
 
         values = {k: getattr(self, k) for k in ("max_decisions", "max_prompt_tokens", "decision_max_new_tokens",
                                                 "max_plans", "plan_max_new_tokens", "confidence", "threads",
-                                                "dev_fraction", "resamples")}
+                                                "batch_size", "dev_fraction", "resamples")}
         values.update(overrides)
         return EvalConfig(**values)

@@ -94,6 +94,16 @@ class EvalConfig:
     """Seed of the decision/prompt samples and the bootstrap."""
     threads: int | None = None
     """CPU threads for torch / llama.cpp; None: torch's default, llama.cpp's export default."""
+    batch_size: int = 8
+    """Decisions generated together in one batch by a Hugging Face model (left-padded, in order of
+    prompt length so little is padding). Greedy decoding gives the same text as one at a time (up
+    to float rounding); on a CPU one decode step reads all the weights, so a batch shares that
+    read (measured: ``benchmarks/eval_throughput.py``). 1: one decision at a time."""
+    cpu_bf16: bool | None = None
+    """bf16 autocast for a Hugging Face model on a CPU; None: on when the CPU multiplies bf16 in
+    hardware (AMX), as SFT decides (``base_models.mixed_precision_bf16``)."""
+    n_batch: int = 512
+    """llama.cpp's prompt-processing batch (tokens per forward pass of the prompt) for GGUF models."""
     n_ctx: int = 8192
     """Context window for GGUF models (llama.cpp allocates it up front)."""
     fold: str = "test"
@@ -349,7 +359,8 @@ class HFGenerator:
 
     backend = "hf"
 
-    def __init__(self, path: Path | str, *, threads: int | None = None, tools_in_training: bool | None = None) -> None:
+    def __init__(self, path: Path | str, *, threads: int | None = None, tools_in_training: bool | None = None,
+                 cpu_bf16: bool | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -385,24 +396,54 @@ class HFGenerator:
         self.family = family.name
         self.tools_in_training = bool(info.get("tools_in_training")) if tools_in_training is None else tools_in_training
         self.end_of_turn_id = self.tokenizer.convert_tokens_to_ids(family.end_of_turn)
+        # Stop where an inference server stops (the family's stop tokens, Ollama's ``stop``), not
+        # only at the end of turn: text after a new turn header is not this decision.
+        vocab = self.tokenizer.get_vocab()
+        self.stop_ids = [self.end_of_turn_id] + sorted(
+            {vocab[t] for t in family.stop_tokens if t in vocab} - {self.end_of_turn_id})
+        from ccrl.trainers.base_models import mixed_precision_bf16
+
+        self.autocast_bf16 = self.device == "cpu" and mixed_precision_bf16(False, cpu_bf16)
         self.model.to(self.device)
         self.model.eval()
 
+    def _prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        kwargs = {"tools": tools} if tools and self.tools_in_training else {}
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True, **kwargs)
+        return list(encoded["input_ids"])
+
     def generate(self, messages: list[dict[str, Any]], max_new_tokens: int, *, tools: list[dict[str, Any]] | None = None) -> str:
         """The next assistant message, greedy, up to ``max_new_tokens`` or the end of turn."""
+        return self.generate_batch([(messages, tools)], max_new_tokens)[0]
+
+    def generate_batch(self, requests: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
+                       max_new_tokens: int) -> list[str]:
+        """The next assistant message of each ``(messages, tools)`` request, greedy, in one batch:
+        prompts left-padded (masked out, positions counted from each prompt's first real token),
+        each stopping at its own stop token; a finished row only pads while the others go on."""
+        import contextlib
+
         import torch
         from transformers import GenerationConfig
 
-        kwargs = {"tools": tools} if tools and self.tools_in_training else {}
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True, return_tensors="pt", **kwargs)
-        encoded = {k: v.to(self.device) for k, v in encoded.items()}
-        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=self.end_of_turn_id,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-        with torch.inference_mode():
-            output = self.model.generate(**encoded, generation_config=config)
-        new = output[0, encoded["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new, skip_special_tokens=True)
+        prompts = [self._prompt_ids(messages, tools) for messages, tools in requests]
+        width = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_of_turn_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                                  pad_token_id=pad)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        texts = []
+        for row in output[:, width:].tolist():
+            # Cut at the row's first stop: what follows is padding, whatever the pad token is.
+            end = next((i for i, token in enumerate(row) if token in self.stop_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:end], skip_special_tokens=True))
+        return texts
 
     def close(self) -> None:
         """Drop the model (and the GPU cache)."""
@@ -432,7 +473,7 @@ class GGUFGenerator:
     backend = "gguf"
 
     def __init__(self, path: Path | str, *, threads: int | None = None, n_ctx: int = 8192,
-                 tools_in_training: bool = False) -> None:
+                 tools_in_training: bool = False, n_batch: int = 512) -> None:
         self.tools_in_training = tools_in_training
         try:
             import llama_cpp
@@ -447,7 +488,7 @@ class GGUFGenerator:
         threads = threads or llama_threads()
         try:
             self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                       verbose=False, seed=0, chat_format="chat_template.default")
+                                       n_batch=n_batch, verbose=False, seed=0, chat_format="chat_template.default")
         except (ValueError, RuntimeError) as exc:
             raise EvaluationError(f"cannot load the GGUF {self.path} in llama.cpp: {exc}") from exc
 
@@ -469,9 +510,10 @@ def open_generator(model: Path | str, config: EvalConfig | None = None, *, tools
     path = Path(model)
     if path.is_file() and path.suffix == ".gguf":
         return GGUFGenerator(path, threads=config.threads, n_ctx=config.n_ctx,
-                             tools_in_training=bool(tools_in_training))
+                             tools_in_training=bool(tools_in_training), n_batch=config.n_batch)
     if path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-        return HFGenerator(path, threads=config.threads, tools_in_training=tools_in_training)
+        return HFGenerator(path, threads=config.threads, tools_in_training=tools_in_training,
+                           cpu_bf16=config.cpu_bf16)
     raise EvaluationError(f"{model} is neither a GGUF file nor a Hugging Face model folder (config.json)")
 
 
@@ -568,6 +610,32 @@ def _user_prompt(messages: list[dict[str, Any]]) -> str:
     return users[-1] if users and isinstance(users[-1], str) else ""
 
 
+def _decision_texts(generator: Generator, data: EvalData, config: EvalConfig, name: str,
+                    progress: Progress | None) -> list[str]:
+    """Each decision's generated turn, in decision order: in batches of ``config.batch_size``
+    when the generator batches (prompts of similar length together), else one at a time."""
+    total = len(data.decisions) + len(data.plans)
+    points = data.decisions
+    batch = getattr(generator, "generate_batch", None)
+    size = max(1, config.batch_size) if batch is not None else 1
+    texts: list[str | None] = [None] * len(points)
+    order = list(range(len(points)))
+    if size > 1:
+        order.sort(key=lambda i: points[i].prompt_tokens)
+    for start in range(0, len(order), size):
+        chunk = order[start:start + size]
+        requests = [(points[i].prefix, data.tools.get(points[i].trace_id)) for i in chunk]
+        if size > 1:
+            outputs = batch(requests, config.decision_max_new_tokens)
+        else:
+            outputs = [generator.generate(messages, config.decision_max_new_tokens, tools=tools)
+                       for messages, tools in requests]
+        for i, text in zip(chunk, outputs):
+            texts[i] = text
+        _emit(progress, event="eval.progress", subject=name, done=start + len(chunk), total=total)
+    return [t or "" for t in texts]
+
+
 def evaluate_generator(generator: Generator, data: EvalData, config: EvalConfig | None = None, *,
                        name: str = "model", reward_fn: RewardFn | None = None,
                        progress: Progress | None = None) -> ModelEvaluation:
@@ -577,8 +645,8 @@ def evaluate_generator(generator: Generator, data: EvalData, config: EvalConfig 
     total = len(data.decisions) + len(data.plans)
     decision_scores: list[m.DecisionScore] = []
     decision_rows: list[dict[str, Any]] = []
-    for number, point in enumerate(data.decisions, 1):
-        text = generator.generate(point.prefix, config.decision_max_new_tokens, tools=data.tools.get(point.trace_id))
+    texts = _decision_texts(generator, data, config, name, progress)
+    for point, text in zip(data.decisions, texts):
         predicted = m.action_from_text(text)
         score = m.score_decision(predicted, point.reference, schemas=point.schemas, cwd=point.cwd)
         decision_scores.append(score)
@@ -586,7 +654,6 @@ def evaluate_generator(generator: Generator, data: EvalData, config: EvalConfig 
                               "reference": list(point.reference.label),
                               "predicted": list(predicted.label), **score.to_dict(),
                               "text": text[:TEXT_KEEP_CHARS]})
-        _emit(progress, event="eval.progress", subject=name, done=number, total=total)
     plan_scores: list[m.PlanScore] = []
     plan_rows: list[dict[str, Any]] = []
     completions: list[str] = []
