@@ -90,8 +90,10 @@ def run_shared_dir(tmp_path_factory) -> Callable[[str], Path]:
 # The slowest files first: pytest-xdist hands out whole files (--dist loadfile) in this order,
 # so no worker is left running one long file at the end while the other has nothing to do.
 # test_deploy builds the overfit model that test_export reuses: they are apart on purpose.
-SLOW_FILES_FIRST = ("test_demo.py", "test_deploy.py", "test_scheduler.py", "test_sft.py", "test_accelerate.py",
-                    "test_gate.py", "test_rl.py", "test_export.py", "test_claude_code_capture.py")
+SLOW_FILES_FIRST = ("test_demo.py", "test_systemd_real.py", "test_deploy.py", "test_readme_quickstart.py",
+                    "test_scheduler.py", "test_sft.py", "test_accelerate.py", "test_gate.py", "test_rl.py",
+                    "test_export.py", "test_claude_code_capture.py", "test_eval_sessions.py",
+                    "test_purge_derived.py", "test_wheel.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
