@@ -29,6 +29,10 @@ class EvalSettings(BaseModel):
         default=8, ge=1,
         description="Decisions a Hugging Face model generates together (greedy, same text as one at a time; faster on a CPU). 1: one at a time.",
     )
+    cpu_bf16: bool | None = Field(
+        default=None,
+        description="bf16 autocast for Hugging Face models on a CPU; empty = on with AMX (as SFT). Faster prefill, slightly different greedy text.",
+    )
     dev_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="Share of held-out sessions (by id hash) in the dev fold.")
     resamples: int = Field(default=2000, ge=100, description="Session-bootstrap resamples of every interval.")
     evaluate_gguf: bool = Field(
@@ -58,6 +62,6 @@ class EvalSettings(BaseModel):
 
         values = {k: getattr(self, k) for k in ("max_decisions", "max_prompt_tokens", "decision_max_new_tokens",
                                                 "max_plans", "plan_max_new_tokens", "confidence", "threads",
-                                                "batch_size", "dev_fraction", "resamples")}
+                                                "batch_size", "cpu_bf16", "dev_fraction", "resamples")}
         values.update(overrides)
         return EvalConfig(**values)

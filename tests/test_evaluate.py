@@ -219,6 +219,9 @@ def test_batched_generation_matches_one_at_a_time(dataset, tiny):
     lengths = {p.prompt_tokens for p in data.decisions}
     assert len(lengths) > 2  # the batch really is padded
     generator = HFGenerator(tiny, threads=1, cpu_bf16=False)
+    # It stops where Ollama stops: at the end of turn and at a new turn's header (ChatML).
+    vocab = generator.tokenizer.get_vocab()
+    assert generator.stop_ids == [vocab["<|im_end|>"], vocab["<|im_start|>"]] and not generator.autocast_bf16
     try:
         one = [generator.generate(p.prefix, 20, tools=data.tools.get(p.trace_id)) for p in data.decisions]
         together = generator.generate_batch([(p.prefix, data.tools.get(p.trace_id)) for p in data.decisions], 20)

@@ -20,7 +20,8 @@ Every interval resamples sessions (``ccrl.trainers.metrics.session_rate``).
 3. the behavioural reward of those plans, when a reward function is given (the RL trainer's
    reward; it is a secondary metric: RL optimises it, so it cannot judge RL alone).
 
-Decoding is greedy, so a model and its weights give the same numbers every time. The learn-
+Decoding is greedy, so a model and its weights give the same numbers every time (a Hugging Face
+model generates decisions in left-padded batches: the same text as one at a time). The learn-
 nothing baselines (most-frequent action, bigram of actions) are scored on the same decisions
 and prompts, fitted on the dataset's train split.
 
