@@ -103,8 +103,12 @@ PROFILES: dict[str, Profile] = {
             "save_steps": 1.0, "save_total_limit": 1},
         # Evaluation: decisions whose prefix fits the SFT length, 48 tokens per turn (a call cut off
         # there still counts by its name), the GGUF judged with every core (the demo runs alone).
-        eval={"max_decisions": 32, "decision_max_new_tokens": 48, "max_prompt_tokens": 448, "max_plans": 3,
+        eval={"max_decisions": 400, "decision_max_new_tokens": 48, "max_prompt_tokens": 448, "max_plans": 3,
               "plan_max_new_tokens": 128, "evaluate_hf_candidate": False, "threads": os.cpu_count() or 1},
+        # Held out: sessions enough for at least 100 decisions in the test fold (about 70% of the
+        # held-out sessions; the dev fold is for choosing settings), every one of them scored;
+        # windows of the SFT length, so the card counts what SFT trains.
+        dataset={"min_eval_decisions": 150, "window_tokens": 512},
     ),
     "ci": Profile(
         name="ci",
