@@ -272,6 +272,19 @@ _JUDGES = {
 }
 
 
+def _quote_of(sep):
+    """The closing quote of a quoted name in an assignment's separator (``"`` or ``\\"``, as
+    bytes or text), or an empty value when the name is not quoted."""
+    quote_char = b'"' if isinstance(sep, bytes) else '"'
+    at = sep.find(quote_char)
+    if at < 0:
+        return sep[:0]
+    begin = at
+    while begin > 0 and sep[begin - 1:begin] in (b"\\", "\\"):
+        begin -= 1
+    return sep[begin:at + 1]
+
+
 def _callback(kind: str, index: int, as_bytes: bool):
     judge = _JUDGES[kind]
     if kind == "cli_password":
@@ -290,6 +303,12 @@ def _callback(kind: str, index: int, as_bytes: bool):
             while end > start and whole[end - 1 - match.start()] in _BLANKS:
                 end -= 1
         base = match.start()
+        if group == "bv":
+            # After a quoted name ("pin": 1234, or \"pin\": 1234 in JSON inside JSON) the value
+            # is a JSON scalar: the marker takes the name's quote, so the JSON stays valid.
+            quote = _quote_of(match.group("sep"))
+            if quote:
+                return whole[:start - base] + quote + marker + quote + whole[end - base:]
         return whole[:start - base] + marker + whole[end - base:]
 
     return sub

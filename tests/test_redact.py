@@ -236,3 +236,20 @@ def test_redacted_json_payload_stays_valid_json(obj):
     raw = json.dumps(obj).encode()
     out = redact_bytes(raw)
     assert isinstance(json.loads(out), dict)
+
+
+@pytest.mark.parametrize("doc", [
+    {"_PWD": 100, "hook_event_name": "PreToolUse"},
+    {"password": 12345678},
+    {"db": {"passwd": 4242424242, "port": 5432}},
+    {"list": [{"x_pass": 99999}]},
+    {"tool_input": {"content": json.dumps({"password": 31415926})}},
+])
+def test_a_bare_json_value_after_a_secret_name_keeps_the_json_valid(doc):
+    """A secret name's bare value in JSON (a number) is redacted inside the name's own quotes, so
+    the event stays valid JSON (a closing brace is never taken for part of the value)."""
+    raw = json.dumps(doc)
+    for out in (redact_bytes(raw.encode()).decode(), redact_text(raw)):
+        assert "[REDACTED:secret]" in out
+        assert json.loads(out)  # still JSON, at every nesting level
+        assert not any(str(v) in out for v in (100, 12345678, 4242424242, 99999, 31415926))
