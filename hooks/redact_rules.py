@@ -48,9 +48,10 @@ _DQ_VALUE = (r"""(?P<q>\\{0,7})(?P<dq>")(?P<dv>(?:[^"\\\r\n]|\\+[^"\\\r\nnrt]|(?
 _SQ_VALUE = r"""(?P<sq>')(?P<sv>(?:[^'\\\r\n]|\\+[^\\\r\nnrt])*+)(?P<sq2>')"""
 # An unquoted value: one token (a shell word, a YAML scalar up to the next space). A word
 # followed by its own separator is the next name, not a value ("key: SECRET_KEY = 'x'"): the
-# match is dropped so the next name's value is found. It ends before a closing bracket, which
-# belongs to the JSON or YAML flow structure around it ({"pin": 1234}).
-_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=}\]][^\s"'\\,;`}\]]{2,}+)(?![ \t]+(?:=>|:=|[:=]))"""
+# match is dropped so the next name's value is found. Brackets belong to the JSON or YAML flow
+# structure around it: a value never starts with one and ends before a closing one
+# ({"pin": 1234}, {"pin": [1234]}).
+_BARE_VALUE = r"""(?P<bv>[^\s"'\\,;`=}\]{\[][^\s"'\\,;`}\]]{2,}+)(?![ \t]+(?:=>|:=|[:=]))"""
 
 # Names that mark the value assigned to them as a secret. The pattern matches only the name's
 # tail (the callback recovers the whole name: anchoring on a literal keeps the scan fast). The

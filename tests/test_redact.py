@@ -243,6 +243,7 @@ def test_redacted_json_payload_stays_valid_json(obj):
     {"password": 12345678},
     {"db": {"passwd": 4242424242, "port": 5432}},
     {"list": [{"x_pass": 99999}]},
+    {"_PWD": [None], "secret": {"a": 7}, "password": 12345678},
     {"tool_input": {"content": json.dumps({"password": 31415926})}},
 ])
 def test_a_bare_json_value_after_a_secret_name_keeps_the_json_valid(doc):
