@@ -138,7 +138,8 @@ def import_disabled() -> bool:
 def import_transcripts(path: str | Path | None = None, settings: Settings | None = None) -> ImportReport:
     """Import every transcript under ``path`` (default ``settings.transcript_root``).
 
-    Raises ``FileNotFoundError`` when ``path`` does not exist. One session's failure is
+    Raises ``FileNotFoundError`` when ``path`` does not exist (the default folder missing only
+    means Claude Code has run no session yet: an empty report says so). One session's failure is
     reported in ``errors`` and never stops the others.
     """
     from ccrl.agent.lock import FileLock
@@ -149,6 +150,11 @@ def import_transcripts(path: str | Path | None = None, settings: Settings | None
     if import_disabled():
         report.disabled = True
         report.message = "CCRL_DISABLE is set: capture is disabled, nothing was imported."
+        return report
+    if not root.exists() and path is None:
+        # Claude Code writes this folder with its first session: a new user has nothing yet.
+        report.message = (f"nothing to import yet: Claude Code has written no transcripts under {root}. "
+                          "The hooks capture sessions from now on; run `ccrl import` again later for older ones.")
         return report
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")

@@ -241,3 +241,19 @@ def test_cli_import_json_and_errors(ccrl_home):
     assert table.exit_code == 0 and "tool calls" in table.output and "17" in table.output
     missing = runner.invoke(app, ["import", str(TRANSCRIPTS / "no-such-dir")])
     assert missing.exit_code == 2 and "no such file or directory" in missing.output
+
+
+def test_import_before_any_claude_code_session_says_there_is_nothing_yet(ccrl_home, tmp_path, monkeypatch):
+    """The default folder (~/.claude/projects) does not exist until Claude Code's first session:
+    the README's `ccrl import` on a new machine is no error, and says why nothing came in. A
+    folder the user names that does not exist still is one (above)."""
+    from ccrl.agent.cli import app
+    from ccrl.agent.config import reset_settings_cache
+
+    monkeypatch.setenv("CCRL_TRANSCRIPT_ROOT", str(tmp_path / "no-claude-yet" / "projects"))
+    reset_settings_cache()
+    result = CliRunner().invoke(app, ["import", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["sessions"] == 0 and "nothing to import yet" in data["message"]
+    assert not (tmp_path / "no-claude-yet").exists()  # nothing created in the user's home
