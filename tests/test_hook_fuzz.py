@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session as DBSession
 from sqlmodel import func, select
@@ -17,6 +17,7 @@ from sqlmodel import func, select
 from ccrl.agent.db import get_engine
 from ccrl.agent.drain import drain, ensure_local_stores
 from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.hooks.budget import EVENT_BUDGET_BYTES, TRUNCATED_KEY
 from ccrl.hooks.capture import hook_command
 
 EVENT_NAMES = ["PreToolUse", "PostToolUse", "PostToolUseFailure", "UserPromptSubmit", "Stop",
@@ -84,6 +85,9 @@ def home(ccrl_home, tmp_path, monkeypatch) -> Path:
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(raw=stdin_inputs)
+@example(raw=json.dumps({"hook_event_name": "PostToolUse", "tool_response": {"stdout": "line\n" * 60_000}})
+         .encode()[:EVENT_BUDGET_BYTES + 1])  # a cut object just over the budget (CI found it)
+@example(raw=b'{"tool_response": "' + b"x" * EVENT_BUDGET_BYTES + b'", "hook_event_name": "Stop"}')
 def test_any_stdin_exits_0_silently_and_is_stored_or_quarantined(home, raw):
     proc = subprocess.run(["/bin/sh", "-c", hook_command()], input=raw, capture_output=True, timeout=120)
     assert proc.returncode == 0
@@ -93,6 +97,21 @@ def test_any_stdin_exits_0_silently_and_is_stored_or_quarantined(home, raw):
     report = drain()
     after = counts()
     assert report.read == 1 and report.errors == []
+    if len(raw) > EVENT_BUDGET_BYTES:
+        # Over the budget the hook keeps a repaired head (hooks/budget.py): a cut JSON object
+        # whose name came before the cut becomes a usable event, anything else is quarantined.
+        # Either way exactly one row, and it says it was cut.
+        event("over budget")
+        assert report.stored + report.quarantined == 1
+        with DBSession(get_engine()) as db:
+            if report.stored:
+                row = db.exec(select(HookEvent).order_by(HookEvent.id.desc())).first()
+                assert row.payload[TRUNCATED_KEY]["original_bytes"] == len(raw)
+                assert isinstance(row.payload["hook_event_name"], str) and row.event
+            else:
+                row = db.exec(select(Quarantine).order_by(Quarantine.id.desc())).first()
+                assert b"[TRUNCATED: ccrl kept the first" in row.payload
+        return
     kind = expected_kind(raw)
     event(kind)
     if kind == "event":
