@@ -279,7 +279,7 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
         # The report's numbers are the recorded evaluations, subject by subject.
         db = sqlite3.connect(demo / "ccrl.db")
         # --seed reached both trainers.
-        seeds = {phase: json.loads(config)["seed"] for phase, config in db.execute("SELECT phase, config FROM training_runs")}
+        seeds = {phase: json.loads(config)[phase]["seed"] for phase, config in db.execute("SELECT phase, config FROM training_runs")}
         assert seeds == {"sft": 7, "rl": 7}
         recorded = {subject: json.loads(metrics) for subject, metrics in
                     db.execute("SELECT subject, metrics FROM evaluations")}
