@@ -257,8 +257,28 @@ def test_grpo_raises_the_reward_of_the_decisions_sft_taught(warm_decisions, prom
     assert m["frac_reward_zero_std"] == pytest.approx(m["zero_spread_groups"] / 24)
     curve = json.loads((tmp_path / "run" / "reward_curve.json").read_text())
     assert [p["share"] for p in curve["zero_spread"]] == shares
-    # The fixed plan (the training split's most common completion) is scored on the same prompts.
-    assert m["heldout_reward_fixed_plan"] == pytest.approx(R.score_rows([GOOD], [ref])["reward"])
+    # The fixed plan (the training split's most common completion, cut at the completion length
+    # as the model's are) is scored on the same prompts.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(warm_decisions))
+    cut = tokenizer.decode(tokenizer(GOOD, add_special_tokens=False)["input_ids"][:64])
+    assert m["heldout_reward_fixed_plan"] == pytest.approx(R.score_rows([cut], [ref])["reward"])
+
+
+def test_the_fixed_plan_is_cut_like_the_models_completions(models):
+    from transformers import AutoTokenizer
+
+    from ccrl.trainers.rl import fixed_plan_reward
+
+    rows = [prompt_row(0), prompt_row(1, reference=BLIND), prompt_row(2)]
+    held_out = [prompt_row(9)]
+    whole = fixed_plan_reward(rows, held_out, R.RewardWeights())
+    assert whole["reward"] == 1.0 and whole["prompts"] == 1  # GOOD, the most common, is Claude's own plan here
+    tokenizer = AutoTokenizer.from_pretrained(str(models["tiny"]))
+    cut = fixed_plan_reward(rows, held_out, R.RewardWeights(), tokenizer=tokenizer, max_tokens=12)
+    assert cut["reward"] < whole["reward"]
+    assert fixed_plan_reward(rows, [], R.RewardWeights()) is None
 
 
 def test_groups_without_reward_spread_are_counted(models, prompts, tmp_path):

@@ -300,13 +300,17 @@ def episode_rows(n_prompts: int, count: int, seed: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def fixed_plan_reward(train_rows: Any, heldout_rows: list[dict[str, Any]], weights: R.RewardWeights) -> dict[str, Any] | None:
+def fixed_plan_reward(train_rows: Any, heldout_rows: list[dict[str, Any]], weights: R.RewardWeights, *,
+                      tokenizer: Any = None, max_tokens: int | None = None) -> dict[str, Any] | None:
     """The held-out reward of a constant policy that always writes the training split's most
-    common completion (``reward.fixed_plan``): the level a reward won by one fixed output
-    reaches, for the run's metrics and reward curve. ``None`` without held-out prompts."""
+    common completion (``reward.fixed_plan``), cut at ``max_tokens`` of ``tokenizer`` as the
+    model's own completions are: the level a reward won by one fixed output reaches, for the
+    run's metrics and reward curve. ``None`` without held-out prompts."""
     plan = R.fixed_plan(list(train_rows))
     if plan is None or not heldout_rows:
         return None
+    if tokenizer is not None and max_tokens is not None:
+        plan = tokenizer.decode(tokenizer(plan, add_special_tokens=False)["input_ids"][:max_tokens])
     refs = [R.make_reference(r["reference_signals"], r.get("reference_completion"), r["prompt"]) for r in heldout_rows]
     return {**R.score_rows([plan] * len(refs), refs, weights), "prompts": len(refs)}
 
@@ -757,7 +761,7 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
     after = evaluate()
     if after:
         heldout["after"] = after
-    fixed = fixed_plan_reward(train, heldout_rows, config.weights)
+    fixed = fixed_plan_reward(train, heldout_rows, config.weights, tokenizer=tokenizer, max_tokens=max_completion)
     summary = {"before": state.get("heldout_before"), "after": ({k: v for k, v in after.items() if k != "samples"}
                                                                if after else None), "fixed_plan": fixed}
     if heldout:
