@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ccrl.agent.conversation import TRAJECTORY, parse_workflow
+from ccrl.trainers.conversation import TRAJECTORY, parse_workflow
 from ccrl.trainers import metrics as m
 
 Progress = Callable[[dict[str, Any]], None]

@@ -42,7 +42,7 @@ app.add_typer(store_cmd.app, name="store")
 
 
 def main() -> None:
-    from ccrl.agent.logging_setup import silence_library_noise
+    from ccrl.trainers.library_noise import silence_library_noise
 
     silence_library_noise()
     app()
