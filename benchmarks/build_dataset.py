@@ -56,14 +56,14 @@ def templates(workdir: Path) -> list[tuple[dict, list[dict]]]:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
+    from ccrl.agent.capture.importer import import_transcripts
     from ccrl.agent.core.config import get_settings
-    from ccrl.trainers.conversation import ConversionError, trace_to_messages
     from ccrl.agent.datasets.dataset_filters import trace_filter
     from ccrl.agent.datasets.datasets import trajectory_tokens
     from ccrl.agent.store.db import get_engine
-    from ccrl.agent.capture.importer import import_transcripts
     from ccrl.agent.store.models import ToolCall, Trace
     from ccrl.agent.store.records import trace_json
+    from ccrl.trainers.conversation import ConversionError, trace_to_messages
     from ccrl.trainers.signals import extract_signals
 
     _use_home(workdir / "fixtures-home")

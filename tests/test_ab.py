@@ -10,8 +10,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.trainers.conversation import PlanStep, render_workflow, tool_arguments
 from ccrl.trainers import ab
+from ccrl.trainers.conversation import PlanStep, render_workflow, tool_arguments
 from ccrl.trainers.metrics import rate
 
 

@@ -8,12 +8,10 @@ import os
 import signal
 import threading
 
-import pytest
-
 import datasets  # noqa: E402,F401  (the dataset step needs the [train] extra, part of the test environment)
 
-from ccrl.agent.daemon.child import ChildRunner  # noqa: E402
 from ccrl.agent.core.config import Settings  # noqa: E402
+from ccrl.agent.daemon.child import ChildRunner  # noqa: E402
 from ccrl.agent.daemon.cycle import CycleEngine, next_step, plan_steps  # noqa: E402
 from ccrl.agent.store.db import session_scope  # noqa: E402
 from ccrl.agent.store.models import Cycle, DatasetVersion  # noqa: E402

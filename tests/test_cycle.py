@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from ccrl.agent.daemon.child import StepOutcome, result_path
 from ccrl.agent.core.config import AgentSettings, Settings
+from ccrl.agent.daemon.child import StepOutcome, result_path
 from ccrl.agent.daemon.cycle import (
     CycleEngine,
     apply_outcome,

@@ -42,9 +42,9 @@ def versions(ccrl_home, shared):
     """Three candidate versions (q8_0, q4_k_m and f16 files of the overfit tiny model), as
     ``ccrl export`` records them. Returns ``{number: quant}``."""
     from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import add_history, gguf_dir
     from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ModelVersion
-    from ccrl.agent.release.versions import add_history, gguf_dir
     from ccrl.trainers.evaluate import weights_digest
 
     info = overfit_gguf(shared)
@@ -83,8 +83,8 @@ def _digest(client, tag: str) -> str:
 
 def _rows():
     from ccrl.agent.core.config import get_settings
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.versions import list_versions
+    from ccrl.agent.store.db import session_scope
 
     with session_scope(get_settings()) as session:
         rows = list_versions(session)
@@ -262,8 +262,8 @@ def test_a_file_changed_since_export_is_not_registered(ollama_server, versions):
 
 
 def test_deploy_holds_to_the_gate_on_the_weights_it_judged(ollama_server, versions):
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.deploy import VersionError, deploy_version
+    from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ModelVersion
 
     with session_scope() as session:
@@ -435,8 +435,8 @@ def test_rollback_refuses_a_name_holding_models_ccrl_did_not_create(ollama_serve
 def test_ccrl_knows_its_models_by_their_weights_or_its_system_prompt(ollama_server, versions):
     """A model is ccrl's when its GGUF is one the store exported (by sha256) or, for a store that
     was reset, when it carries ccrl's system prompt; same weights under another prompt are not."""
-    from ccrl.trainers.conversation import system_prompt
     from ccrl.agent.release.deploy import created_by_ccrl, deploy_version
+    from ccrl.trainers.conversation import system_prompt
 
     client = _client()
     deploy_version(number=1)
@@ -455,8 +455,8 @@ def test_retention_deletes_only_files_inside_the_models_folder(ollama_server, ve
     """Versions whose recorded files are elsewhere (a path outside CCRL_HOME/models, a symlink
     from inside it to a file outside) are pruned from the store's view, and the files stay."""
     from ccrl.agent.core.config import reset_settings_cache
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.deploy import deploy_version
+    from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ModelVersion
 
     rows = _rows()

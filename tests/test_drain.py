@@ -22,9 +22,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
+from ccrl.agent.capture.drain import DrainReport, drain, ensure_local_stores, event_key, parse_event
 from ccrl.agent.core.config import get_settings
 from ccrl.agent.store.db import get_engine
-from ccrl.agent.capture.drain import DrainReport, drain, ensure_local_stores, event_key, parse_event
 from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import inbox, paths
 from ccrl.hooks.handler import REDACTION_FAILED

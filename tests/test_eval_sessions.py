@@ -67,9 +67,9 @@ def test_a_resumed_session_stays_in_its_parents_split(ccrl_home, tmp_path, monke
     """The parent session ends after its first prompt; the resumed session repeats it (same
     uuids) and goes on. Their own hashes put them on opposite sides of the split; the family
     goes where the parent goes."""
-    from ccrl.agent.datasets import datasets as ds
-    from ccrl.agent.core.config import get_settings, reset_settings_cache
     from ccrl.agent.capture.importer import import_transcripts, peek_session_id
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
+    from ccrl.agent.datasets import datasets as ds
     from ccrl.agent.datasets.session_lineage import family_of, lineage_roots
 
     parent_id = peek_session_id(TWO_TURNS)
@@ -128,9 +128,9 @@ def candidate_store(ccrl_home, monkeypatch, trained, tmp_path):
     on it. Returns the folder of transcripts to evaluate on: every fixture transcript, plus a
     resumed copy of the trained session under a new id, plus a copy of a session whose project
     opted out with ``.ccrl-ignore``."""
+    from ccrl.agent.capture.importer import import_transcripts, peek_session_id
     from ccrl.agent.core.config import reset_settings_cache
     from ccrl.agent.store.db import session_scope
-    from ccrl.agent.capture.importer import import_transcripts, peek_session_id
     from ccrl.agent.store.models import DatasetVersion, ModelVersion, TrainingRun
 
     for key, value in SMALL.items():
@@ -180,8 +180,8 @@ def _store_snapshot(home: Path) -> tuple[bytes, dict[str, int]]:
 def test_eval_sessions_on_the_fixture_transcripts(candidate_store, ccrl_home):
     from typer.testing import CliRunner
 
-    from ccrl.agent.cli import app
     from ccrl.agent.capture.importer import discover
+    from ccrl.agent.cli import app
     from ccrl.trainers.metrics import SESSION_BOOTSTRAP
 
     before = _store_snapshot(ccrl_home)

@@ -233,9 +233,9 @@ def test_export_run_records_a_candidate_version_and_applies_retention(ccrl_home,
     import shutil
 
     from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import export_run, gguf_dir, history, list_versions, mark_deployed
     from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ModelVersion, TrainingRun, utcnow
-    from ccrl.agent.release.versions import export_run, gguf_dir, history, list_versions, mark_deployed
 
     settings = get_settings()
     run_dir = ccrl_home / "models" / "sft" / "run-1"

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from eval_helpers import train_tiny_agent, write_dataset_version  # noqa: E402
 
-from ccrl.agent.evaluation import gate  # noqa: E402
 from ccrl.agent.core.eval_config import EvalSettings  # noqa: E402
+from ccrl.agent.evaluation import gate  # noqa: E402
 from ccrl.trainers.metrics import SESSION_BOOTSTRAP  # noqa: E402
 
 

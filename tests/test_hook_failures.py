@@ -34,8 +34,8 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.store.db import get_engine
 from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
 from ccrl.agent.store.models import HookEvent
 from ccrl.hooks import paths
 from ccrl.hooks.capture import hook_command

@@ -19,9 +19,9 @@ from sqlmodel import Session as DBSession
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from ccrl.agent.capture.importer import import_transcripts
 from ccrl.agent.core.config import get_settings
 from ccrl.agent.store.db import get_engine
-from ccrl.agent.capture.importer import import_transcripts
 from ccrl.agent.store.models import Quarantine, ToolCall, Trace
 from conftest import TRANSCRIPTS
 

@@ -21,9 +21,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
+from ccrl.agent.capture.ingest import rebuild_changed_sessions
 from ccrl.agent.core.config import get_settings
 from ccrl.agent.store.db import get_engine
-from ccrl.agent.capture.ingest import rebuild_changed_sessions
 from ccrl.agent.store.models import HookEvent, Quarantine, Session, ToolCall, Trace
 from ccrl.agent.store.records import trace_json
 from conftest import HOOK_PAYLOADS

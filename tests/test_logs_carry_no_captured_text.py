@@ -75,9 +75,9 @@ def _drain_socket(sock: socket.socket) -> list[bytes]:
 
 
 def _pipeline() -> None:
-    from ccrl.agent.core.config import get_settings
     from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.config import get_settings
     from ccrl.agent.operations.purge import PurgeTarget, execute_purge
     from ccrl.agent.operations.purge_derived import remove_derived
 
@@ -113,8 +113,8 @@ def test_drain_ingest_and_purge_log_no_captured_text(ccrl_home, tmp_path, monkey
 
 
 def test_agent_once_as_systemd_runs_it_logs_no_captured_text(ccrl_home, tmp_path, monkeypatch):
-    from ccrl.agent.core.config import get_settings
     from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.core.config import get_settings
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     ensure_local_stores(get_settings())

@@ -15,9 +15,9 @@ T0 = 1_770_000_000.0  # 2026-02-02T02:40:00Z
 
 def _capture(monkeypatch, member: str, host: str, session: str, cwd: str, start: float, prompts: int) -> None:
     """What ``member``'s hooks and agent on ``host`` do: append to the inbox, then ingest."""
-    from ccrl.agent.core.config import get_settings
     from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.config import get_settings
     from ccrl.hooks.inbox import append
 
     monkeypatch.setenv("CCRL_MEMBER", member)

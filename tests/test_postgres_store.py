@@ -257,10 +257,10 @@ def test_hook_events_through_the_inbox_into_postgres(pg_home, pg_server, tmp_pat
     time of an event survives a server whose time zone is not UTC."""
     from sqlalchemy import create_engine as plain_engine
 
+    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.cli import app
     from ccrl.agent.core.config import get_settings
     from ccrl.agent.store.db import get_engine
-    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.store.models import HookEvent, ToolCall, Trace
     from ccrl.hooks.inbox import append
 

@@ -23,10 +23,10 @@ def _local_history(tmp_path) -> None:
     """This data directory's SQLite store with imported transcripts (subagents included), hook
     events through the inbox, one quarantined input, one purge tombstone, and rows from before
     origins were recorded."""
+    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.cli import app
     from ccrl.agent.core.config import get_settings
     from ccrl.agent.store.db import get_engine
-    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.hooks.inbox import append
 
     assert runner.invoke(app, ["import", str(TRANSCRIPTS)]).exit_code == 0
@@ -179,8 +179,8 @@ def test_rows_captured_before_todays_rules_are_redacted_before_they_travel(ccrl_
     """A local store never re-redacted (captured by an earlier ccrl) copied into a shared store:
     the copied rows carry today's redaction, not the secrets the old rules let through."""
     from ccrl.agent.capture.drain import ensure_local_stores
-    from ccrl.agent.operations.store_copy import copy_store
     from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.store_copy import copy_store
 
     from test_reredact import _older_store
     from test_secret_bytes import detector_secrets

@@ -373,8 +373,8 @@ def test_ingest_stops_watching_purged_sessions_and_sees_new_events(store):
 
 
 def test_purge_waits_for_ingest_and_says_so_when_it_does_not_finish(store):
-    from ccrl.agent.core.config import get_settings
     from ccrl.agent.capture.ingest import LOCK_FILE
+    from ccrl.agent.core.config import get_settings
     from ccrl.agent.core.lock import FileLock
     from ccrl.agent.operations.purge import PurgeError, PurgeTarget, execute_purge
 

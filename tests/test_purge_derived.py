@@ -55,9 +55,9 @@ def _run(settings, *, phase: str, dataset_id: int, parent: int | None, base: Pat
 def _model_version(settings, info: dict, number: int, *, sft: int, rl: int | None, dataset_id: int) -> None:
     """A model version as ``ccrl export`` records it, evaluated as the gate leaves it (passed, on
     exactly these weights), so ``deploy_version`` takes it."""
+    from ccrl.agent.release.versions import add_history, gguf_dir
     from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ModelVersion
-    from ccrl.agent.release.versions import add_history, gguf_dir
     from ccrl.trainers.evaluate import weights_digest
 
     quant = ("q8_0", "q4_k_m", "f16")[number - 1]
@@ -81,8 +81,8 @@ def _model_version(settings, info: dict, number: int, *, sft: int, rl: int | Non
 def _evaluation(settings, dataset, *, subject: str, model_version_id: int | None) -> int:
     """An evaluation as the gate records it: a row and its details file, whose plans are the
     dataset version's held-out prompts."""
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.evaluation.gate import evals_dir
+    from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import Evaluation
     from ccrl.trainers.evaluate import ModelEvaluation, write_details
 
@@ -116,8 +116,8 @@ def lineage(ccrl_home, shared, ollama_server):
     """
     from ccrl.agent.core.config import get_settings
     from ccrl.agent.datasets.datasets import build_dataset
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.deploy import deploy_version
+    from ccrl.agent.store.db import session_scope
     from ccrl.agent.store.models import ABVote, Cycle, DatasetVersion, ModelVersion, Trace
 
     settings = get_settings()

@@ -16,9 +16,9 @@ from sqlmodel import Session as DBSession
 from sqlmodel import select
 
 from ccrl.agent.capture import reredact
-from ccrl.agent.store.db import get_engine
 from ccrl.agent.capture.drain import ensure_local_stores
 from ccrl.agent.capture.ingest import ingest
+from ccrl.agent.store.db import get_engine
 from ccrl.agent.store.models import (
     DatasetVersion,
     HookEvent,

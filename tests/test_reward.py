@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccrl.trainers import conversation as conv
-from ccrl.trainers.signals import extract_signals
 from ccrl.trainers import reward as R
+from ccrl.trainers.signals import extract_signals
 
 
 def call(name: str, **args) -> dict:
@@ -306,9 +306,9 @@ def test_fixture_references_score_high_against_themselves_and_low_against_others
     plan scores lower on average, and junk scores 0."""
     from conftest import TRANSCRIPTS
 
+    from ccrl.agent.capture.importer import import_transcripts
     from ccrl.agent.core.config import get_settings
     from ccrl.agent.datasets.datasets import build_dataset
-    from ccrl.agent.capture.importer import import_transcripts
 
     import_transcripts(TRANSCRIPTS)
     version = build_dataset(get_settings())

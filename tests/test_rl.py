@@ -26,10 +26,10 @@ import trl  # noqa: E402,F401  (the [train] extra is part of the test environmen
 import torch  # noqa: E402
 
 from ccrl.trainers import conversation as conv  # noqa: E402
-from ccrl.trainers.signals import extract_signals  # noqa: E402
 from ccrl.trainers import reward as R  # noqa: E402
 from ccrl.trainers.base_models import build_tiny_llama  # noqa: E402
 from ccrl.trainers.chat_templates import attach_template, load_template, read_template_info, save_template  # noqa: E402
+from ccrl.trainers.signals import extract_signals  # noqa: E402
 from ccrl.trainers.rl import (  # noqa: E402
     WHAT_RUNS,
     RLConfig,

@@ -26,9 +26,9 @@ import trl  # noqa: E402,F401  (the [train] extra is part of the test environmen
 from sqlmodel import select  # noqa: E402
 
 from ccrl.agent.core.config import Settings  # noqa: E402
+from ccrl.agent.daemon.scheduler import read_state  # noqa: E402
 from ccrl.agent.store.db import session_scope  # noqa: E402
 from ccrl.agent.store.models import Cycle, DatasetVersion, Evaluation, TrainingRun  # noqa: E402
-from ccrl.agent.daemon.scheduler import read_state  # noqa: E402
 from ccrl.trainers.base_models import build_tiny_llama  # noqa: E402
 
 from agent_helpers import add_usable_traces  # noqa: E402

@@ -21,9 +21,9 @@ import pytest
 
 import torch
 
-from ccrl.trainers.conversation import render_assistant_text
 from ccrl.trainers.base_models import build_tiny_llama, cpu_has_fast_bf16, mixed_precision_bf16
 from ccrl.trainers.chat_templates import load_template, read_template_info
+from ccrl.trainers.conversation import render_assistant_text
 from ccrl.trainers.sft import (
     CPU_NOTICE,
     SFTError,
@@ -411,6 +411,38 @@ def test_agent_resumes_an_interrupted_run(ccrl_home, small_batches, dataset, tin
     assert run.id == interrupted.id and run.status == "completed"
     assert (run.metrics["resumed_from"], run.metrics["global_step"], run.metrics["max_steps"]) == ("checkpoint-1", 2, 2)
     assert any("Resuming SFT run" in e.get("message", "") for e in events)
+
+
+def test_a_stop_request_ends_the_cycle_step_as_stopped(ccrl_home, small_batches, dataset, tiny_model, monkeypatch):
+    """The SFT step as the agent's child runs it: the stop flag its SIGTERM handler sets reaches
+    the trainer, the run is interrupted at a checkpoint, and the step runner ends the step with
+    the child's ``StepStopped`` (training itself knows nothing of the child)."""
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
+    from ccrl.agent.daemon import child, steps
+    from ccrl.agent.daemon.cycle import plan_steps
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Cycle
+    from ccrl.agent.training.training import resumable_run
+
+    monkeypatch.setenv("CCRL_TRAIN__BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("CCRL_TRAIN__MAX_STEPS", "2")
+    reset_settings_cache()
+    settings = get_settings()
+    version_id = _add_version(1, dataset)
+    with session_scope() as session:
+        cycle = Cycle(number=1, status="running", steps=plan_steps(1, settings.agent), step="sft",
+                      dataset_version_id=version_id)
+        session.add(cycle)
+        session.flush()
+        cycle_id = cycle.id
+    child._stop.set()
+    try:
+        with pytest.raises(child.StepStopped, match="step 1 of 2"):
+            steps.run_step("sft", cycle_id, settings)
+    finally:
+        child._stop.clear()
+    interrupted = resumable_run(settings, "sft", 1)
+    assert interrupted is not None and interrupted.status == "interrupted"
 
 
 def test_continuation_starts_from_the_deployed_model_with_new_traces_and_replay(ccrl_home, small_batches, tmp_path, tiny_model):

@@ -371,9 +371,9 @@ def fixture_traces(tmp_path_factory) -> dict[int, dict]:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
+    from ccrl.agent.capture.importer import import_transcripts
     from ccrl.agent.core.config import reset_settings_cache
     from ccrl.agent.store.db import dispose_engines, get_engine
-    from ccrl.agent.capture.importer import import_transcripts
     from ccrl.agent.store.models import ToolCall, Trace
     from ccrl.agent.store.records import trace_json
     from conftest import TRANSCRIPTS

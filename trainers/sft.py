@@ -785,8 +785,8 @@ def _main(argv: list[str]) -> int:
     if len(argv) not in (3, 4):
         sys.stderr.write("usage: python -m ccrl.trainers.sft DATASET OUTPUT_DIR MODEL [CONFIG_JSON]\n")
         return 2
-    from ccrl.trainers.library_noise import silence_library_noise
     from ccrl.trainers.distributed import finish, rank_info
+    from ccrl.trainers.library_noise import silence_library_noise
 
     silence_library_noise()  # each rank imports bitsandbytes (through peft)
     config = SFTRunConfig.from_dict(json.loads(argv[3])) if len(argv) == 4 else SFTRunConfig()

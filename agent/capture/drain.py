@@ -40,14 +40,14 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from ccrl.agent.store import origin
+from ccrl.agent.capture.deep_redact import redact_bytes, redact_obj
 from ccrl.agent.core.config import Settings, get_settings
+from ccrl.agent.store import origin
 from ccrl.agent.store.db import ensure_private_dir, get_engine
 from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import inbox as hook_inbox
 from ccrl.hooks import paths
 from ccrl.hooks.handler import REDACTION_FAILED
-from ccrl.agent.capture.deep_redact import redact_bytes, redact_obj
 
 BATCH_ROWS = 500
 BATCH_BYTES = 32 * 1024 * 1024

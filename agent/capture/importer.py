@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlmodel import Session as DBSession
 
+from ccrl.agent.capture.ingest import LOCK_FILE, SessionResult, rebuild_session
 from ccrl.agent.core.config import Settings, get_settings
 from ccrl.agent.store.db import get_engine
-from ccrl.agent.capture.ingest import LOCK_FILE, SessionResult, rebuild_session
 
 PEEK_LINES = 200  # how far into a file to look for its sessionId
 DISABLE_VALUES = ("1", "true", "yes", "on")  # CCRL_DISABLE values the hook honours too

@@ -50,10 +50,10 @@ from sqlalchemy import delete as sql_delete
 from sqlmodel import Session as DBSession
 from sqlmodel import col, func, select
 
-from ccrl.agent.store import origin
-from ccrl.agent.core.config import Settings, get_settings
-from ccrl.agent.store.db import ensure_private_file, get_engine
 from ccrl.agent.capture.hook_turns import HookView, hook_steps, turns_from_events
+from ccrl.agent.core.config import Settings, get_settings
+from ccrl.agent.store import origin
+from ccrl.agent.store.db import ensure_private_file, get_engine
 from ccrl.agent.store.models import HookEvent, PurgedSession, Quarantine, Session, ToolCall, Trace, utcnow
 from ccrl.agent.store.records import trace_json
 from ccrl.trainers.signals import extract_signals
@@ -68,8 +68,8 @@ from ccrl.agent.capture.transcript import (
     split_reasoning,
     subagent_files,
 )
-from ccrl.hooks.paths import ignored_path
 from ccrl.agent.capture.deep_redact import redact_bytes
+from ccrl.hooks.paths import ignored_path
 
 # How far apart a hook's prompt and the transcript's may be and still be one turn.
 PROMPT_MATCH_WINDOW = timedelta(minutes=10)
@@ -859,8 +859,8 @@ def ingest(settings: Settings | None = None) -> IngestReport:
     ``ccrl import`` may run at once). See :func:`rebuild_changed_sessions` for what is rebuilt.
     """
     from ccrl.agent.capture.drain import drain
-    from ccrl.agent.core.lock import FileLock
     from ccrl.agent.capture.reredact import reredact_store
+    from ccrl.agent.core.lock import FileLock
 
     settings = settings or get_settings()
     get_engine(settings)

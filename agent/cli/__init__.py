@@ -10,9 +10,9 @@ import typer
 
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
 from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
+from ccrl.agent.cli import demo_cmd, doctor_cmd
 from ccrl.agent.cli import eval_cmd
 from ccrl.agent.cli import models_cmd
-from ccrl.agent.cli import demo_cmd, doctor_cmd
 from ccrl.agent.cli import store_cmd
 
 app = typer.Typer(

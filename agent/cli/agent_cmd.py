@@ -48,9 +48,9 @@ def run(
 @app.command("once")
 def once(as_json: bool = typer.Option(False, "--json", help="Print the cycle as JSON.")) -> None:
     """Ingest, then run one full cycle now (or finish the open one), whatever the thresholds say."""
-    from ccrl.agent.daemon.cycle import cycle_json
     from ccrl.agent.core.lock import pipeline_lock
     from ccrl.agent.core.logging_setup import configure_logging
+    from ccrl.agent.daemon.cycle import cycle_json
     from ccrl.agent.daemon.scheduler import run_once
 
     settings = _settings()

@@ -182,8 +182,8 @@ def demo_command(
     It works in a folder of its own and never touches your data or your cc-claude-agent model.
     """
     from ccrl.agent.core.config import get_settings
-    from ccrl.agent.operations.demo import PROFILES, DemoError, default_demo_dir, run_demo
     from ccrl.agent.core.lock import LockBusy
+    from ccrl.agent.operations.demo import PROFILES, DemoError, default_demo_dir, run_demo
 
     if profile not in PROFILES:
         _fail(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}", code=2)

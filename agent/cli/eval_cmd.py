@@ -207,9 +207,9 @@ def eval_command(
     version, and apply the deployment gate (recorded on the version); or, with --sessions, on
     transcripts the store has never seen (no gate, nothing recorded)."""
     from ccrl.agent.core.config import get_settings
+    from ccrl.agent.core.lock import LockBusy, manual_command
     from ccrl.agent.evaluation.eval_history import history, plot_history
     from ccrl.agent.evaluation.gate import GateError, evals_dir, evaluate_candidate
-    from ccrl.agent.core.lock import LockBusy, manual_command
 
     if version is not None and run is not None:
         _fail("give --version or --run, not both", 2)

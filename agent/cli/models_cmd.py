@@ -198,8 +198,8 @@ def register(app_: typer.Typer) -> None:
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
     """Every model version, with its status and file."""
     from ccrl.agent.core.config import get_settings
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.versions import list_versions, rollback_target, version_json
+    from ccrl.agent.store.db import session_scope
 
     with session_scope(get_settings()) as session:
         versions = list_versions(session)
@@ -240,8 +240,8 @@ def show_cmd(
 ) -> None:
     """One model version: where it came from, its file, its verification and its history."""
     from ccrl.agent.core.config import get_settings
-    from ccrl.agent.store.db import session_scope
     from ccrl.agent.release.versions import VersionError, get_version, history, version_json
+    from ccrl.agent.store.db import session_scope
 
     try:
         with session_scope(get_settings()) as session:

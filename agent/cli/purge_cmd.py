@@ -198,9 +198,9 @@ def purge(
     purged data (datasets, models, Ollama tags) and removes it with --derived."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ccrl.agent.release.deploy import DeployError
     from ccrl.agent.operations.purge import PurgeError, execute_purge, plan_purge
     from ccrl.agent.operations.purge_derived import DerivedError, remove_derived
+    from ccrl.agent.release.deploy import DeployError
 
     target = _target(session, project, before, everything, derived)
     settings = get_settings()

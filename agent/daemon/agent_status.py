@@ -11,13 +11,13 @@ from typing import Any
 
 from sqlmodel import select
 
-from ccrl.agent.daemon.child import progress_path
 from ccrl.agent.core.config import Settings
-from ccrl.agent.daemon.cycle import cycle_json, describe, open_cycle, threshold
-from ccrl.agent.store.db import session_scope
 from ccrl.agent.core.lock import agent_lock, pipeline_lock
-from ccrl.agent.store.models import Cycle, DatasetVersion, ModelVersion, TrainingRun
+from ccrl.agent.daemon.child import progress_path
+from ccrl.agent.daemon.cycle import cycle_json, describe, open_cycle, threshold
 from ccrl.agent.daemon.scheduler import read_state
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Cycle, DatasetVersion, ModelVersion, TrainingRun
 
 
 def _run_summary(run: TrainingRun) -> dict[str, Any]:

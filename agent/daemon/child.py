@@ -279,8 +279,8 @@ class ChildRunner:
     def run(self, step: str, cycle_id: int, *, lock_fd: int | None = None,
             on_start: Callable[[int], None] | None = None) -> StepOutcome:
         """Run ``step`` for cycle ``cycle_id`` in a child and wait for it."""
-        from ccrl.agent.store.db import ensure_private_dir
         from ccrl.agent.core.lock import INHERITED_FD_ENV
+        from ccrl.agent.store.db import ensure_private_dir
 
         ensure_private_dir(self.workdir)
         result = result_path(self.home, cycle_id, step)

@@ -40,12 +40,12 @@ import structlog
 from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
-from ccrl.agent.daemon.child import ChildRunner, StepOutcome, reap_orphan
 from ccrl.agent.core.config import AgentSettings, Settings
-from ccrl.agent.store.db import session_scope
 from ccrl.agent.core.lock import FileLock, LockBusy, pipeline_lock
-from ccrl.agent.store.models import Cycle, Trace, utcnow
+from ccrl.agent.daemon.child import ChildRunner, StepOutcome, reap_orphan
 from ccrl.agent.daemon.sdnotify import Notifier
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Cycle, Trace, utcnow
 
 log = structlog.get_logger()
 

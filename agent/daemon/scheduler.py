@@ -43,8 +43,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ccrl.agent.core.config import Settings
-from ccrl.agent.daemon.cycle import CycleEngine
 from ccrl.agent.core.lock import LockBusy, agent_lock
+from ccrl.agent.daemon.cycle import CycleEngine
 from ccrl.agent.daemon.sdnotify import Notifier
 
 log = structlog.get_logger()

@@ -41,13 +41,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ccrl.trainers import conversation as conv
 from ccrl.agent.core.config import Settings, get_settings
-from ccrl.agent.datasets.dataset_card import BuildStats, render_card
 from ccrl.agent.core.dataset_config import JSONL_FILES, DatasetSettings
+from ccrl.agent.datasets.dataset_card import BuildStats, render_card
 from ccrl.agent.datasets.dataset_filters import PromptDeduper, trace_filter
-from ccrl.trainers.signals import SIGNALS_VERSION, extract_signals, view
+from ccrl.trainers import conversation as conv
 from ccrl.trainers import windows
+from ccrl.trainers.signals import SIGNALS_VERSION, extract_signals, view
 
 BUILDER_VERSION = 1
 HASH_SPACE = 1 << 32
@@ -416,8 +416,8 @@ def build_dataset(settings: Settings | None = None, *, fmt: str | None = None, o
     """
     settings = settings or get_settings()
     datasets = _require_datasets()
-    from ccrl.agent.store.db import ensure_private_dir
     from ccrl.agent.core.lock import FileLock
+    from ccrl.agent.store.db import ensure_private_dir
 
     cfg = settings.dataset
     formats = _formats(fmt or cfg.format)

@@ -105,15 +105,15 @@ def read_decisions(root: Path, settings: Settings, *, trained_sessions: set[str]
     """Every next-action decision of the transcripts under ``root`` (see the module docstring)."""
     from sqlmodel import Session as DBSession
 
-    from ccrl.trainers import conversation as conv
-    from ccrl.agent.datasets.datasets import _convert
-    from ccrl.agent.datasets.dataset_filters import trace_filter
     from ccrl.agent.capture.importer import discover, import_disabled
     from ccrl.agent.capture.ingest import rebuild_session
-    from ccrl.agent.datasets.session_lineage import transcript_uuids
-    from ccrl.trainers.signals import extract_signals, view
     from ccrl.agent.capture.transcript import subagent_files
+    from ccrl.agent.datasets.dataset_filters import trace_filter
+    from ccrl.agent.datasets.datasets import _convert
+    from ccrl.agent.datasets.session_lineage import transcript_uuids
+    from ccrl.trainers import conversation as conv
     from ccrl.trainers import metrics as m
+    from ccrl.trainers.signals import extract_signals, view
 
     if import_disabled():
         raise SessionsEvalError("CCRL_DISABLE is set: capture is disabled, so no transcript is read. "
@@ -258,9 +258,9 @@ def evaluate_sessions(root: str | Path, *, version_id: int | None = None, run_id
     ``max_prompt_tokens`` (each decision's prompt window) and ``max_new_tokens`` (per turn)
     default to ``[eval]``'s; the prompt's prefill is most of the cost on a CPU."""
     from ccrl.agent.datasets.session_lineage import family_of
+    from ccrl.trainers import metrics as m
     from ccrl.trainers.evaluate import EvalData, _rows, _clean_messages, _is_trajectory, _tool_sequence
     from ccrl.trainers.evaluate import EvaluationError, evaluate_baselines, evaluate_model, llama_threads, weights_digest
-    from ccrl.trainers import metrics as m
 
     settings = settings or get_settings()
     overrides: dict[str, Any] = {"max_decisions": max_decisions, "seed": seed, "max_plans": 0, "fold": "all"}

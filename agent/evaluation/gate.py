@@ -37,10 +37,10 @@ from typing import Any
 from sqlmodel import select
 
 from ccrl.agent.core.config import Settings, get_settings
-from ccrl.agent.store.db import ensure_private_dir, session_scope
 from ccrl.agent.core.eval_config import EvalSettings
-from ccrl.agent.store.models import DatasetVersion, Evaluation, ModelVersion, TrainingRun, utcnow
 from ccrl.agent.datasets.session_lineage import family_members, lineage_roots
+from ccrl.agent.store.db import ensure_private_dir, session_scope
+from ccrl.agent.store.models import DatasetVersion, Evaluation, ModelVersion, TrainingRun, utcnow
 
 PRIMARY = "next_action"
 CANDIDATE = "candidate"

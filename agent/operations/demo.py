@@ -633,8 +633,8 @@ def deploy_command(state: DemoState, *, force: bool = False) -> str:
 def step_deploy(state: DemoState, progress: StepProgress) -> dict[str, Any]:
     """Register the candidate as ``cc-claude-agent-demo`` (``ccrl deploy --name``) when Ollama is
     reachable and the gate passed; otherwise say why and give the exact command."""
-    from ccrl.agent.release.deploy import ollama_host
     from ccrl.agent.operations.doctor import ollama_reachable
+    from ccrl.agent.release.deploy import ollama_host
 
     if state.version is None:
         raise _NotRun("needs an exported model version")
@@ -757,8 +757,8 @@ def run_demo(demo_dir: Path, user_home: Path, ui: UI, *, profile: Profile | str 
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     if base_model:
         profile = Profile(**{**asdict(profile), "train": {**profile.train, "base_model": base_model}})
-    from ccrl.agent.store.db import ensure_private_dir
     from ccrl.agent.core.lock import manual_command
+    from ccrl.agent.store.db import ensure_private_dir
 
     demo_dir = demo_dir.expanduser().resolve()
     check_demo_dir(demo_dir, user_home)

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ccrl.agent.core.config import Settings
 from ccrl.agent.capture.spool import spool_files, spool_time
+from ccrl.agent.core.config import Settings
 
 MODES = ("session", "project", "before", "all")
 _CHUNK = 500  # ids per IN (…) clause, well under SQLite's bound-parameter limit
@@ -86,8 +86,8 @@ def _shared_store_member() -> str | None:
     """This member's name when the configured store is shared (a database server), else None."""
     try:
         from ccrl.agent.core.config import get_settings
-        from ccrl.agent.store.remote import is_remote
         from ccrl.agent.store.origin import member
+        from ccrl.agent.store.remote import is_remote
 
         return member() if is_remote(get_settings()) else None
     except Exception:  # noqa: BLE001 - a description never fails; an invalid config is reported elsewhere
@@ -565,8 +565,8 @@ def _update_ingest_state(settings: Settings, purged_sessions: set[str]) -> None:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.store.db import ensure_private_file, get_engine
     from ccrl.agent.capture.ingest import STATE_FILE
+    from ccrl.agent.store.db import ensure_private_file, get_engine
     from ccrl.agent.store.models import HookEvent
 
     path = settings.home / STATE_FILE

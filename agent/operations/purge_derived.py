@@ -32,8 +32,8 @@ from typing import Any
 from sqlmodel import select
 
 from ccrl.agent.core.config import Settings
-from ccrl.agent.store.db import session_scope
 from ccrl.agent.core.owned_paths import within
+from ccrl.agent.store.db import session_scope
 
 DERIVED_COMMAND = "ccrl purge --derived"
 # What ``build_dataset`` writes into a version folder (an ``--out`` folder outside CCRL_HOME is
@@ -199,8 +199,8 @@ def _tags(version: Any, deployed_id: int | None) -> list[str]:
 def find_derived(settings: Settings, purged: PurgedData, *, everything: bool = False) -> Derived:
     """What still holds ``purged`` data. ``everything``: every dataset version does (a local
     store purged whole), whether or not its rows can still be read."""
-    from ccrl.agent.store.models import ABVote, Cycle, DatasetVersion, Evaluation, ModelVersion, TrainingRun
     from ccrl.agent.release.versions import deployed_version
+    from ccrl.agent.store.models import ABVote, Cycle, DatasetVersion, Evaluation, ModelVersion, TrainingRun
 
     found = Derived()
     with session_scope(settings) as db:
@@ -440,8 +440,8 @@ def remove_derived(settings: Settings, *, everything: bool = False, host: str | 
     Raises ``DerivedError`` when a lock stays busy, ``deploy.DeployError`` when Ollama cannot
     remove a tag (nothing else was removed then; run it again).
     """
-    from ccrl.agent.store.db import ensure_private_dir
     from ccrl.agent.core.lock import FileLock, LockBusy, pipeline_lock
+    from ccrl.agent.store.db import ensure_private_dir
 
     pipeline = pipeline_lock(settings.home)
     build = FileLock(ensure_private_dir(settings.home / "datasets") / ".build.lock", name="dataset build")

@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ccrl.agent.capture.claude_settings import SCOPES, scope_status, settings_path
-from ccrl.agent.core.config import Settings
 from ccrl.agent.capture.spool import spool_files, spool_time
+from ccrl.agent.core.config import Settings
 from ccrl.agent.core.secrets_display import mask_url, scrub_password
 
 

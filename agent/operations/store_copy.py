@@ -34,8 +34,8 @@ from typing import Any
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from ccrl.agent.store import origin
 from ccrl.agent.core.config import Settings
+from ccrl.agent.store import origin
 from ccrl.agent.store.models import HookEvent, PurgedSession, Quarantine, Session, ToolCall, Trace
 
 BATCH_ROWS = 500
@@ -101,9 +101,9 @@ def _masked(url: str) -> str:
 def _open(settings: Settings, url: str, role: str) -> Engine:
     """The engine of ``url`` (created and migrated as for the configured store); a store that
     cannot be reached or opened raises :class:`StoreCopyError` naming it without its password."""
+    from ccrl.agent.core.secrets_display import scrub_password
     from ccrl.agent.store.db import get_engine
     from ccrl.agent.store.remote import unreachable
-    from ccrl.agent.core.secrets_display import scrub_password
 
     try:
         return get_engine(settings.model_copy(update={"database_url": url}))
@@ -296,8 +296,8 @@ def _redact_with_todays_rules(settings: Settings, source_url: str) -> None:
     """A store captured by an earlier ccrl is re-redacted before its rows travel: the target may
     already be re-redacted (its recorded rules current), and would never look at them again."""
     from ccrl.agent.capture.ingest import LOCK_FILE
-    from ccrl.agent.core.lock import FileLock
     from ccrl.agent.capture.reredact import reredact_store
+    from ccrl.agent.core.lock import FileLock
 
     with FileLock(settings.home / LOCK_FILE, name="ingest").hold("store copy", wait=True, timeout=600):
         reredact_store(settings.model_copy(update={"database_url": source_url}))
@@ -325,8 +325,8 @@ def copy_store(settings: Settings, target_url: str, source_url: str | None = Non
     target = _open(settings, target_url, "target")
     _redact_with_todays_rules(settings, source_url)
     report = CopyReport(source=_masked(source_url), target=_masked(target_url))
-    from ccrl.agent.store.remote import unreachable
     from ccrl.agent.core.secrets_display import scrub_password
+    from ccrl.agent.store.remote import unreachable
 
     try:
         _Copier(source, target, report, progress or (lambda *_: None)).run()

@@ -33,9 +33,9 @@ from sqlmodel import Session as DBSession
 from sqlmodel import select
 
 from ccrl.agent.core.config import Settings, get_settings
+from ccrl.agent.core.owned_paths import remove_owned_file
 from ccrl.agent.store.db import ensure_private_dir, session_scope
 from ccrl.agent.store.models import DatasetVersion, ModelVersion, TrainingRun, utcnow
-from ccrl.agent.core.owned_paths import remove_owned_file
 
 CANDIDATE = "candidate"
 DEPLOYED = "deployed"
