@@ -9,6 +9,7 @@ hooks out of the way (``python -S``: no ``.pth`` files).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -53,9 +54,19 @@ def checkout_data_files() -> list[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built from the checkout and unpacked into a folder of its own."""
+    """The wheel, built from a clean copy of the checkout and unpacked into a folder of its own.
+
+    A copy, because setuptools reuses the checkout's ``build/lib``: a module a previous build put
+    there would ship even when pyproject.toml no longer lists its package."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(ROOT)],
+    source = work / "source"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source)],
                    check=True, capture_output=True, text=True)
     wheels = list((work / "dist").glob("ccrl-*.whl"))
     assert len(wheels) == 1, wheels
