@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import ast
 import sys
-from pathlib import Path
 
 import grimp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# The code folders and the package each installs as (pyproject.toml's package-dir).
-FOLDERS = {"hooks": "ccrl.hooks", "agent": "ccrl.agent", "trainers": "ccrl.trainers"}
+from first_party import FOLDERS, ROOT, checkout_modules
 
 # The agent's packages, lowest first: each may import the ones below it (and ccrl.trainers,
 # ccrl.hooks), never one above it. cli is the top: it only wires commands to the rest.
@@ -40,20 +37,6 @@ def graph() -> grimp.ImportGraph:
     return grimp.build_graph(*FOLDERS.values(), include_external_packages=True, cache_dir=None)
 
 
-def disk_modules() -> dict[str, Path]:
-    """Every first-party module in the checkout, by the name it imports as."""
-    found = {}
-    for folder, package in FOLDERS.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            parts = path.relative_to(ROOT / folder).with_suffix("").parts
-            if "__pycache__" in parts:
-                continue
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            found[".".join((package, *parts))] = path
-    return found
-
-
 def first_party(graph: grimp.ImportGraph) -> set[str]:
     return {m for m in graph.modules if m.startswith("ccrl.")}
 
@@ -63,7 +46,7 @@ def imports_of(graph: grimp.ImportGraph, module: str) -> set[str]:
 
 
 def test_the_graph_holds_every_module_on_disk_and_counts_imports_inside_functions(graph):
-    assert set(disk_modules()) == first_party(graph)
+    assert set(checkout_modules()) == first_party(graph)
     assert len(first_party(graph)) > 100  # the walk found the tree
     # An import that only happens inside a function is an edge too (the child's step runner
     # imports the steps in child_main, not at the top of the module).
@@ -184,7 +167,7 @@ def _string_imports(source: str, label: str) -> list[str]:
 
 
 def test_no_first_party_module_is_imported_by_a_string():
-    sources = [*disk_modules().values(), *sorted((ROOT / "benchmarks").rglob("*.py")),
+    sources = [*checkout_modules().values(), *sorted((ROOT / "benchmarks").rglob("*.py")),
                *sorted((ROOT / "scripts").rglob("*.py"))]
     assert len(sources) > 100
     assert [hit for path in sources for hit in _string_imports(path.read_text(), str(path.relative_to(ROOT)))] == []
