@@ -77,3 +77,23 @@ def test_failed_steps_retry_with_backoff_then_the_cycle_fails(ccrl_home, monkeyp
         cycle = db.get(Cycle, cycle_id)
         assert (cycle.status, cycle.outcome, cycle.steps["dataset"]["attempts"]) == ("failed", "failed", 2)
         assert next_step(cycle) is None and cycle.finished_at is not None
+
+
+def test_an_orphan_step_child_is_known_by_its_module_name_old_or_new():
+    """An agent restarted after a crash reaps the step child it left behind, found by its command
+    line; an orphan started by a version before the agent's packages runs ``ccrl.agent.child``."""
+    import subprocess
+    import sys
+
+    from ccrl.agent.daemon.child import pid_is_step_child
+
+    procs = {name: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", name])
+             for name in ("ccrl.agent.daemon.child", "ccrl.agent.child", "ccrl.agent.children")}
+    try:
+        assert {name: pid_is_step_child(p.pid) for name, p in procs.items()} == {
+            "ccrl.agent.daemon.child": True, "ccrl.agent.child": True, "ccrl.agent.children": False}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    assert not pid_is_step_child(procs["ccrl.agent.child"].pid)  # gone

@@ -207,12 +207,13 @@ def read_result(path: Path, returncode: int | None, stop_sent: bool) -> StepOutc
 
 
 def pid_is_step_child(pid: int) -> bool:
-    """Whether ``pid`` is a live ``ccrl.agent.daemon.child`` process (an orphan from before a crash)."""
+    """Whether ``pid`` is a live ``ccrl.agent.daemon.child`` process (an orphan from before a crash;
+    ``ccrl.agent.child`` is its name before the agent's packages, for an orphan of an older version)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"ccrl.agent.daemon.child" in cmdline
+    return b"ccrl.agent.daemon.child" in cmdline or b"ccrl.agent.child\x00" in cmdline
 
 
 def reap_orphan(pid: int, timeout: float) -> None:
