@@ -247,7 +247,7 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
     tiny = tiny_base(tmp_path_factory.mktemp("demo-models"))
 
     with OllamaTestServer(tmp_path / "ollama", go_binary) as ollama:
-        out = subprocess.run([str(CCRL), "demo", "--profile", "ci", "--base-model", str(tiny), "--json"],
+        out = subprocess.run([str(CCRL), "demo", "--profile", "ci", "--base-model", str(tiny), "--seed", "7", "--json"],
                              env=env | {"OLLAMA_HOST": ollama.host}, capture_output=True, text=True, timeout=1800)
         assert out.returncode == 0, out.stderr[-4000:]
         result = json.loads(out.stdout)
@@ -278,6 +278,9 @@ def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
 
         # The report's numbers are the recorded evaluations, subject by subject.
         db = sqlite3.connect(demo / "ccrl.db")
+        # --seed reached both trainers.
+        seeds = {phase: json.loads(config)["seed"] for phase, config in db.execute("SELECT phase, config FROM training_runs")}
+        assert seeds == {"sft": 7, "rl": 7}
         recorded = {subject: json.loads(metrics) for subject, metrics in
                     db.execute("SELECT subject, metrics FROM evaluations")}
         db.close()

@@ -232,17 +232,76 @@ def test_exploration_depth_matching_the_reference():
 
 
 @pytest.mark.parametrize("junk", [None, "", "hello there", "<tool_call>{oops", 42, b"\xff\x00", [{"role": "assistant"}],
-                                  "<|im_end|>" * 50, "Reasoningless text about a Plan and a Response"])
+                                  "<|im_end|>" * 50, "Reasoningless text about a Plan and a Response",
+                                  "Let me read the config first.", "<tool_call>{\"arguments\": {}}</tool_call>"])
 def test_malformed_generations_score_zero_and_never_raise(junk):
     assert scores(R.completion_text(junk)) == {name: 0.0 for name in R.COMPONENTS}
 
 
-def test_a_plan_cut_off_before_its_response_keeps_two_thirds():
+def test_a_plan_cut_off_before_its_response_keeps_five_sixths():
     cut = CLAUDE[: CLAUDE.index("Response:")]
     plan = R.parse_plan(cut)
-    assert plan.sections == 2 and plan.format_factor == pytest.approx(2 / 3)
-    assert scores(cut) == {name: pytest.approx(2 / 3) for name in R.COMPONENTS}
+    assert plan.sections == 2 and plan.format_factor == pytest.approx(R.FORMAT_FLOOR + (1 - R.FORMAT_FLOOR) * 2 / 3)
+    assert scores(cut) == {name: pytest.approx(5 / 6) for name in R.COMPONENTS}
     assert R.parse_plan(CLAUDE.replace("Done: the change is in place.", "  ")).sections == 2  # empty response
+
+
+def decision(text: str, *calls: dict) -> str:
+    """One assistant decision in the trajectory format SFT teaches: text, then its calls."""
+    return conv.render_assistant_text({"role": "assistant", "content": text, "tool_calls": list(calls)})
+
+
+def test_a_decision_without_sections_keeps_the_floor_and_its_signal():
+    """What a model fine-tuned on trajectories writes for a plan prompt: one decision. It costs
+    the format (``FORMAT_FLOOR`` of the score) but the five components still tell a better
+    decision from a worse one, so a group of such completions has a reward spread."""
+    look = decision("Find where the timeout is set before changing it.", GREP, READ)
+    blind = decision("Change the timeout.", EDIT)
+    plan = R.parse_plan(look)
+    assert plan.decision and plan.sections == 0 and plan.format_factor == R.FORMAT_FLOOR
+    assert [c.name for c in plan.calls] == ["Grep", "Read"] and plan.workflow.reasoning == [
+        "Find where the timeout is set before changing it."]
+    good, bad = scores(look), scores(blind)
+    assert 0 < R.total_reward(bad) < R.total_reward(good) < R.FORMAT_FLOOR
+    assert good["tool_efficiency"] == pytest.approx(R.FORMAT_FLOOR * 2 / 4)  # half of Claude's sequence
+    assert bad["constraint_adherence"] == 0.0 < good["constraint_adherence"]  # edits blind
+    # The same content in the workflow format scores twice as much: the format still pays.
+    whole = plan_text([("", [GREP, READ])], reasoning=["Find where the timeout is set before changing it."])
+    assert R.total_reward(scores(whole)) == pytest.approx(2 * R.total_reward(good))
+    # A call that cannot be read counts as a wrong tool, as in a plan.
+    broken = look + '\n<tool_call>{"name": "Bash", "arguments": {oops}}</tool_call>'
+    assert R.parse_plan(broken).unreadable_calls == 1
+    two = reference(plan_text([("Look.", [GREP, READ])]))
+    assert scores(broken, two)["tool_efficiency"] == pytest.approx(R.FORMAT_FLOOR * 2 / 3)
+    assert scores(look, two)["tool_efficiency"] == R.FORMAT_FLOOR
+    # Any heading means the text is read as a plan, not as a decision.
+    assert not R.parse_plan("Plan:\n" + look).decision
+
+
+def test_a_group_of_decisions_has_a_reward_spread():
+    """The failure this floor fixes: with a factor of 0 every decision scored 0, the group's
+    rewards had zero spread and GRPO's advantages were all 0."""
+    group = [decision("Look first.", GREP), decision("Read the config, then fix it.", READ, EDIT),
+             decision("Fix it.", EDIT), "I am not sure."]
+    totals = [R.total_reward(scores(t)) for t in group]
+    assert len(set(totals)) == len(totals) and totals[-1] == 0.0, totals
+
+
+def test_a_fixed_plan_is_the_most_common_completion_and_never_beats_the_references(ccrl_home):
+    """The training split's most common completion, written for every held-out prompt of the
+    fixture transcripts' RL prompt set, scores below the prompts' own references (a constant
+    output cannot pass for a learned policy)."""
+    rows = [{"reference_completion": t, "reference_tool_sequence": s} for t, s in
+            (("A", ["Read"]), ("B", ["Grep", "Read"]), ("C", ["Read"]), ("C", ["Read"]))]
+    assert R.fixed_plan(rows) == "C" and R.fixed_plan([{"reference_completion": ""}]) is None
+    assert R.fixed_plan([{"reference_completion": CLAUDE}]) == CLAUDE  # sequence parsed when not given
+
+    train, held_out = _fixture_rl_rows()
+    constant = R.fixed_plan(train)
+    refs = [R.make_reference(r["reference_signals"], r["reference_completion"], r["prompt"]) for r in held_out]
+    own = R.score_rows([r["reference_completion"] for r in held_out], refs)["reward"]
+    fixed = R.score_rows([constant] * len(refs), refs)["reward"]
+    assert fixed < own - 0.2, (fixed, own)
 
 
 @settings(max_examples=200, deadline=None)
@@ -275,7 +334,7 @@ def test_reward_functions_follow_trls_calling_convention():
     head, _, _ = CLAUDE.partition('<tool_call>{"name": "Bash"')
     parsed = [{"role": "assistant", "content": head.rstrip("\n"), "tool_calls": [TEST]}]
     tail = R.tool_efficiency(prompts=["Fix it"], completions=[parsed], reference_signals=[json.dumps(REF.signals)])
-    assert as_text == [1.0] and tail == [pytest.approx(1.0 * (2 / 3))]  # the response was lost with the tail
+    assert as_text == [1.0] and tail == [pytest.approx(5 / 6)]  # the response was lost with the tail
 
 
 def test_missing_or_bad_reference_columns():
@@ -301,9 +360,8 @@ def test_score_rows_gives_mean_total_and_components():
 # --- Claude's own plans from the fixture transcripts ------------------------------------------------
 
 
-def test_fixture_references_score_high_against_themselves_and_low_against_others(ccrl_home):
-    """On the real RL prompt set: Claude's own plan for a prompt scores well, another prompt's
-    plan scores lower on average, and junk scores 0."""
+def _fixture_rl_rows() -> tuple[list[dict], list[dict]]:
+    """The RL prompt set's train and eval rows built from the fixture transcripts (needs ``ccrl_home``)."""
     from conftest import TRANSCRIPTS
 
     from ccrl.agent.capture.importer import import_transcripts
@@ -312,10 +370,18 @@ def test_fixture_references_score_high_against_themselves_and_low_against_others
 
     import_transcripts(TRANSCRIPTS)
     version = build_dataset(get_settings())
-    rows = []
+    splits = []
     for split in ("train", "eval"):
         with open(f"{version.path}/jsonl/rl_prompts.{split}.jsonl", encoding="utf-8") as fh:
-            rows += [json.loads(line) for line in fh]
+            splits.append([json.loads(line) for line in fh])
+    return splits[0], splits[1]
+
+
+def test_fixture_references_score_high_against_themselves_and_low_against_others(ccrl_home):
+    """On the real RL prompt set: Claude's own plan for a prompt scores well, another prompt's
+    plan scores lower on average, and junk scores 0."""
+    train, held_out = _fixture_rl_rows()
+    rows = train + held_out
     assert len(rows) >= 8
     refs = [R.make_reference(r["reference_signals"], r["reference_completion"], r["prompt"]) for r in rows]
     own = [R.total_reward(R.score_components(r["reference_completion"], ref)) for r, ref in zip(rows, refs)]

@@ -56,6 +56,11 @@ EDIT = call("Edit", file_path="a.py", old_string="1", new_string="2")
 GOOD = conv.render_workflow(["Read a.py then fix it."], [conv.PlanStep("Look.", [READ]), conv.PlanStep("Fix.", [EDIT])], "Done.")
 BLIND = conv.render_workflow(["Read a.py then fix it."], [conv.PlanStep("Fix.", [EDIT])], "Done.")
 PROMPT = [{"role": "system", "content": "Plan."}, {"role": "user", "content": "Fix a.py"}]
+# The same two behaviours as single decisions in the trajectory format (text, then the calls), what
+# a model fine-tuned on trajectories writes for a plan prompt: no section, so the format costs
+# half (reward.FORMAT_FLOOR); reading first scores 0.5, editing blind about half of that.
+LOOK = conv.render_assistant_text({"role": "assistant", "content": "Read a.py before fixing it.", "tool_calls": [READ, EDIT]})
+RUSH = conv.render_assistant_text({"role": "assistant", "content": "Fix a.py right away.", "tool_calls": [EDIT]})
 
 
 def prompt_row(trace_id: int, prompt=PROMPT, reference: str = GOOD) -> dict:
@@ -85,7 +90,7 @@ def small_tokenizer(out: Path) -> Path:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    corpus = [GOOD, BLIND, "Plan.", "Fix a.py", load_template("chatml"), "You are a coding agent. Fix test"]
+    corpus = [GOOD, BLIND, LOOK, RUSH, "Plan.", "Fix a.py", load_template("chatml"), "You are a coding agent. Fix test"]
     tk.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=1000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
@@ -93,9 +98,9 @@ def small_tokenizer(out: Path) -> Path:
     return out
 
 
-def warm_up(model_dir: Path, out: Path, steps: int = 300) -> Path:
-    """The start model for the rising-reward test: the tiny model trained (all weights, plain
-    AdamW) to write both plans for the prompt, so that GRPO has two plans to choose between."""
+def warm_up(model_dir: Path, out: Path, steps: int = 300, completions: tuple[str, ...] = (GOOD, BLIND)) -> Path:
+    """The start model for the rising-reward tests: the tiny model trained (all weights, plain
+    AdamW) to write both completions for the prompt, so that GRPO has two to choose between."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -104,7 +109,7 @@ def warm_up(model_dir: Path, out: Path, steps: int = 300) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     batches = []
     prompt_ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    for completion in (GOOD, BLIND):
+    for completion in completions:
         ids = tokenizer.apply_chat_template(PROMPT + [{"role": "assistant", "content": completion}], tokenize=True,
                                             return_dict=True)["input_ids"]
         batches.append((torch.tensor([ids]), torch.tensor([[-100] * len(prompt_ids) + ids[len(prompt_ids):]])))
@@ -130,6 +135,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def warm(models) -> Path:
     return warm_up(models["tiny"], models["root"] / "warm")
+
+
+@pytest.fixture(scope="module")
+def warm_decisions(models) -> Path:
+    """SFT in the trajectory format: the tiny model writes single decisions, never a plan."""
+    return warm_up(models["tiny"], models["root"] / "warm-decisions", completions=(LOOK, RUSH))
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +231,58 @@ def test_grpo_raises_the_reward_when_one_plan_is_clearly_best(warm, prompts, tmp
     assert (out.stat().st_mode & 0o777) == 0o700
     assert ((out / "final" / "adapter_model.safetensors").stat().st_mode & 0o777) == 0o600
     assert not run_dir_is_locked(out)
+
+
+def test_grpo_raises_the_reward_of_the_decisions_sft_taught(warm_decisions, prompts, tmp_path):
+    """The demo's situation: SFT taught single decisions, RL asks for plans. Every completion
+    scores above 0 (no section costs half, it does not erase the signal), the groups have a
+    reward spread, and GRPO moves the model from editing blind towards reading first."""
+    ref = R.make_reference(prompt_row(0)["reference_signals"], GOOD, PROMPT)
+    look, rush = (R.total_reward(R.score_components(t, ref)) for t in (LOOK, RUSH))
+    assert look == pytest.approx(R.FORMAT_FLOOR) and 0 < rush < look - 0.2
+    events = []
+    config = RLConfig(episodes=24, num_generations=4, prompts_per_step=2, completions_per_forward=4,
+                      learning_rate=2e-3, max_completion_length=64, eval_prompts=1, eval_generations=8,
+                      merge=False, save_steps=100, cpu_threads=1, lora_r=8, lora_alpha=16)
+    m = train_rl(prompts, tmp_path / "run", warm_decisions, config, emit=events.append, progress_bar=False).metrics
+    assert m["heldout_reward_before"] > 0  # where SFT left it: not zero
+    rewards = [e["reward"] for e in events if e["event"] == "train.progress"]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.03, rewards
+    assert m["heldout_reward_after"] > m["heldout_reward_before"], (m["heldout_reward_before"], m["heldout_reward_after"])
+    # Groups without spread are counted from TRL's per-step share, step by step and in all.
+    shares = [e["frac_reward_zero_std"] for e in events if e["event"] == "train.progress"]
+    assert len(shares) == 12 and all(s in (0.0, 0.5, 1.0) for s in shares)  # 2 groups a step
+    assert m["reward_groups"] == 24 and m["zero_spread_groups"] == round(sum(shares) * 2) < 24
+    assert m["frac_reward_zero_std"] == pytest.approx(m["zero_spread_groups"] / 24)
+    curve = json.loads((tmp_path / "run" / "reward_curve.json").read_text())
+    assert [p["share"] for p in curve["zero_spread"]] == shares
+    # The fixed plan (the training split's most common completion) is scored on the same prompts.
+    assert m["heldout_reward_fixed_plan"] == pytest.approx(R.score_rows([GOOD], [ref])["reward"])
+
+
+def test_groups_without_reward_spread_are_counted(models, prompts, tmp_path):
+    """An untrained model writes nothing the reward can read: every group has zero spread, the
+    run's metrics count all of them and a notice says that the adapter learned nothing."""
+    events = []
+    m = train_rl(prompts, tmp_path / "run", models["tiny"], quick(episodes=4), emit=events.append,
+                 progress_bar=False).metrics
+    assert (m["reward_groups"], m["zero_spread_groups"], m["frac_reward_zero_std"]) == (4, 4, 1.0)
+    assert any(e["event"] == "notice" and "All 4 prompt groups" in e["message"] for e in events)
+    curve = json.loads((tmp_path / "run" / "reward_curve.json").read_text())
+    assert [p["share"] for p in curve["zero_spread"]] == [1.0, 1.0]
+
+
+def test_zero_spread_counts_follow_the_logging_interval():
+    from ccrl.trainers.rl import zero_spread_groups
+
+    # Logged every 2 steps of 4 groups: each share covers 8 groups.
+    history = [{"step": 2, "reward": 0.1, "frac_reward_zero_std": 0.25}, {"step": 2, "train_runtime": 1.0},
+               {"step": 4, "reward": 0.2, "frac_reward_zero_std": 0.5}, {"step": 5, "reward": 0.2, "frac_reward_zero_std": 1.0}]
+    assert zero_spread_groups(history, 4) == {"frac_reward_zero_std": pytest.approx(10 / 20), "zero_spread_groups": 10,
+                                              "reward_groups": 20}
+    assert zero_spread_groups([{"step": 1, "reward": 0.0}], 4) == {"frac_reward_zero_std": None, "zero_spread_groups": 0,
+                                                                   "reward_groups": 0}
 
 
 def test_rloo_is_selectable(models, prompts, tmp_path):

@@ -102,7 +102,7 @@ class EvalConfig:
     read (measured: ``benchmarks/eval_throughput.py``). 1: one decision at a time."""
     cpu_bf16: bool | None = None
     """bf16 autocast for a Hugging Face model on a CPU; None: on when the CPU multiplies bf16 in
-    hardware (AMX), as SFT decides (``base_models.mixed_precision_bf16``)."""
+    hardware (AVX-512 BF16 or AMX), as SFT decides (``base_models.mixed_precision_bf16``)."""
     n_batch: int = 512
     """llama.cpp's prompt-processing batch (tokens per forward pass of the prompt) for GGUF models."""
     n_ctx: int = 8192

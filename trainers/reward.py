@@ -31,10 +31,17 @@ Components (weights .25/.20/.20/.15/.20 as designed; ``[reward]`` in the config 
   ``signals.depth_from_counts``) against the reference's: half for the depth level (one level
   off = half credit), half for the ratio of exploring calls.
 
-Malformed output: every component is multiplied by the plan's format factor, the share of the
-three sections (``Reasoning:``, ``Plan:``, a non-empty ``Response:``) present. Text without any
-of them scores 0 on everything; a plan cut off before its response keeps two thirds. Nothing
-here raises on model output: any text, ``None`` or a message list is scored.
+Format: every component is multiplied by the plan's format factor, ``FORMAT_FLOOR`` plus the
+rest in proportion to the three sections present (``Reasoning:``, ``Plan:``, a non-empty
+``Response:``): a whole plan keeps everything, one cut off before its response keeps 5/6. A
+completion with none of the headings is read as ONE decision in the format SFT teaches (its
+text, then its ``<tool_call>`` lines: the trajectory format of ``conversation``), its text as the
+reasoning and its calls as a one-step plan, and keeps ``FORMAT_FLOOR`` of its score. Why not a
+factor of 0 there: a model fine-tuned on trajectories answers the RL prompt with one decision,
+so every completion of every group scored 0, every group-relative advantage was 0 and GRPO had
+no gradient (TRL's ``frac_reward_zero_std`` was 1.0 on the demo samples). Text with neither a
+heading nor a readable tool call scores 0 on everything. Nothing here raises on model output:
+any text, ``None`` or a message list is scored.
 
 For TRL, ``REWARD_FUNCS`` holds one callable per component, named as the component (TRL logs
 ``rewards/<name>/mean``), called as ``f(prompts=, completions=, completion_ids=,
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import PurePosixPath
@@ -65,6 +73,9 @@ MIN_SUBSTANTIVE_WORDS = 3
 """A reasoning item with fewer words is padding ("1. Plan", "2. Do it")."""
 UNREADABLE_CALL = "<unreadable call>"
 """Stands for a call the parser could not read, in the tool sequence compared by edit distance."""
+FORMAT_FLOOR = 0.5
+"""Share of its score a readable completion keeps with none of the three sections: the format
+costs at most half the reward, never every signal (see the module docstring)."""
 NO_EVIDENCE_AFTER_CORRECTED_REFERENCE = 0.5
 """Self-correction score when Claude had to correct itself on this task but the plan neither
 states a mistake nor changes anything: nothing to reward or blame."""
@@ -151,11 +162,16 @@ class Plan:
     """How many of Reasoning / Plan / non-empty Response were found (0..3)."""
     unreadable_calls: int
     """Tool calls the parser reported as unreadable."""
+    decision: bool = False
+    """Read as one decision (no section heading, at least one readable tool call)."""
 
     @property
     def format_factor(self) -> float:
-        """Share of the three sections present; multiplies every component."""
-        return self.sections / len(SECTIONS)
+        """Multiplies every component: ``FORMAT_FLOOR`` plus the rest by the share of the three
+        sections present; 0 for text with neither a section nor a readable call."""
+        if not self.sections and not self.decision:
+            return 0.0
+        return FORMAT_FLOOR + (1.0 - FORMAT_FLOOR) * self.sections / len(SECTIONS)
 
 
 def _file_path(tool_input: dict[str, Any]) -> str | None:
@@ -196,8 +212,32 @@ def _parse_plan(text: Any) -> Plan:
         sections = sum(1 for name in SECTIONS[:2] if f"no {name} section" not in workflow.errors)
         sections += "no Response section" not in workflow.errors and bool(workflow.response.strip())
     unreadable = sum(1 for e in workflow.errors if e.startswith("plan step"))
+    decision = False
+    if isinstance(text, str) and not sections and not _any_heading(workflow):
+        read = _as_decision(text)
+        if read is not None:
+            workflow, unreadable, decision = read[0], read[1], True
     trace = conv.workflow_to_trace(workflow)
-    return Plan(workflow, _planned_calls(workflow), extract_signals(trace), trace, sections, unreadable)
+    return Plan(workflow, _planned_calls(workflow), extract_signals(trace), trace, sections, unreadable, decision)
+
+
+def _any_heading(workflow: conv.Workflow) -> bool:
+    """Whether the text had any section heading (an empty ``Response:`` counts)."""
+    return any(f"no {name} section" not in workflow.errors for name in SECTIONS)
+
+
+def _as_decision(text: str) -> tuple[conv.Workflow, int] | None:
+    """A completion without headings read as one assistant decision in the trajectory format
+    (``conversation.parse_assistant_text``): its text lines are the reasoning, its calls one
+    plan step. ``None`` when it holds no readable call (then it is not a decision but prose).
+    Returns the workflow and the number of ``<tool_call>`` openings that could not be read."""
+    parsed = conv.parse_assistant_text(text)
+    if not parsed.calls:
+        return None
+    reasoning = [line.strip() for line in parsed.content.splitlines() if line.strip()]
+    workflow = conv.Workflow(reasoning=reasoning, plan=[conv.PlanStep("", list(parsed.calls))],
+                             errors=["no sections: read as one decision", *parsed.errors])
+    return workflow, max(0, text.count(conv.TOOL_CALL_OPEN) - len(parsed.calls))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,3 +711,18 @@ def score_rows(texts: list[Any], refs: list[Reference], weights: RewardWeights |
     components = {name: (sum(p[name] for p in per) / n if n else 0.0) for name in COMPONENTS}
     totals = [total_reward(p, weights) for p in per]
     return {"reward": sum(totals) / n if n else 0.0, "components": components, "n": n}
+
+
+def fixed_plan(rows: list[dict[str, Any]]) -> str | None:
+    """The training split's most common completion: among the RL prompt rows' reference
+    completions, one whose tool sequence is the most common (the most common text among those;
+    ties go to the earliest row). A constant policy that always wrote it is the baseline an RL
+    model must beat, so that a reward won by one fixed output cannot pass for learning.
+    ``None`` when no row has a completion."""
+    completions = [(r.get("reference_completion"), r.get("reference_tool_sequence")) for r in rows]
+    completions = [(text, tuple(seq) if seq is not None else tuple(parse_plan(text).workflow.tool_sequence))
+                   for text, seq in completions if isinstance(text, str) and text]
+    if not completions:
+        return None
+    sequence = Counter(seq for _text, seq in completions).most_common(1)[0][0]
+    return Counter(text for text, seq in completions if seq == sequence).most_common(1)[0][0]

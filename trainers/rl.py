@@ -15,8 +15,14 @@ dataset version (``<version>/rl_prompts``: ``prompt`` messages, ``reference_sign
 an adapter folder is merged first), and returns artifacts and metrics; it never touches the
 database. The SFT model is loaded as the base, a NEW LoRA adapter is trained on top of it, and
 the KL term's reference is that SFT model (the adapter disabled), never the untuned base.
-Completions are whole plans in the workflow format. ``episodes`` counts prompts; each gets
-``num_generations`` completions.
+The prompts ask for whole plans in the workflow format; a model that learned only the
+trajectory format answers with one decision, which the reward reads as such (``reward``'s format
+factor). ``episodes`` counts prompts; each gets ``num_generations`` completions.
+
+A group whose completions all score the same has no advantage and teaches nothing: TRL's share
+of such groups (``frac_reward_zero_std``) is kept per step in the reward curve and, with the
+count of such groups, in the metrics; the held-out reward of a fixed plan (the training split's
+most common completion) sits beside the model's, so a constant output cannot pass for learning.
 
 Output layout (``CCRL_HOME/models/rl/run-<id>/`` when the agent runs it)::
 
@@ -25,7 +31,8 @@ Output layout (``CCRL_HOME/models/rl/run-<id>/`` when the agent runs it)::
     final/                 the RL LoRA adapter, tokenizer, chat template, ccrl_template.json
     merged/                SFT model + RL adapter merged in full precision, for export
     ccrl_run.json          inputs of the run and the held-out reward before training
-    reward_curve.json/.png total and per-component reward by step, held-out before/after
+    reward_curve.json/.png total and per-component reward by step, the share of groups without
+                           reward spread, held-out before/after and the fixed plan's
     heldout.json           the held-out generations and their scores, before and after
     metrics.json           what train_rl returned
 
@@ -74,6 +81,8 @@ START_DIR = "start"
 FINAL_DIR = "final"
 MERGED_DIR = "merged"
 ALGORITHMS = ("grpo", "rloo")
+ZERO_SPREAD_KEY = "frac_reward_zero_std"
+"""TRL's log key: share of the step's prompt groups whose rewards have zero standard deviation."""
 PROMPT_COLUMNS = ("prompt", "reference_signals")
 KEPT_COLUMNS = ("prompt", "reference_signals", "reference_completion", "trace_id")
 WHAT_RUNS = (
@@ -291,6 +300,17 @@ def episode_rows(n_prompts: int, count: int, seed: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def fixed_plan_reward(train_rows: Any, heldout_rows: list[dict[str, Any]], weights: R.RewardWeights) -> dict[str, Any] | None:
+    """The held-out reward of a constant policy that always writes the training split's most
+    common completion (``reward.fixed_plan``): the level a reward won by one fixed output
+    reaches, for the run's metrics and reward curve. ``None`` without held-out prompts."""
+    plan = R.fixed_plan(list(train_rows))
+    if plan is None or not heldout_rows:
+        return None
+    refs = [R.make_reference(r["reference_signals"], r.get("reference_completion"), r["prompt"]) for r in heldout_rows]
+    return {**R.score_rows([plan] * len(refs), refs, weights), "prompts": len(refs)}
+
+
 def heldout_reward(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, generations: int,
                    max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int,
                    weights: R.RewardWeights) -> dict[str, Any]:
@@ -348,9 +368,11 @@ def _reward_fields(logs: dict[str, Any]) -> dict[str, float]:
 
 
 def curve_points(log_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Total and per-component training reward by step from a trainer's ``log_history``."""
+    """Total and per-component training reward by step from a trainer's ``log_history``, and
+    TRL's share of groups whose completions all scored the same (``frac_reward_zero_std``)."""
     total = []
     components: dict[str, list[dict[str, float]]] = {name: [] for name in R.COMPONENTS}
+    zero_spread = []
     for entry in log_history:
         if "reward" not in entry or "step" not in entry:
             continue
@@ -359,7 +381,29 @@ def curve_points(log_history: list[dict[str, Any]]) -> dict[str, Any]:
             value = entry.get(f"rewards/{name}/mean")
             if value is not None:
                 components[name].append({"step": entry["step"], "reward": value})
-    return {"total": total, "components": components}
+        if entry.get(ZERO_SPREAD_KEY) is not None:
+            zero_spread.append({"step": entry["step"], "share": entry[ZERO_SPREAD_KEY]})
+    return {"total": total, "components": components, "zero_spread": zero_spread}
+
+
+def zero_spread_groups(log_history: list[dict[str, Any]], groups_per_step: int) -> dict[str, Any]:
+    """How many prompt groups had no reward spread (every completion scored the same, so every
+    group-relative advantage was 0 and the group taught nothing), from TRL's per-log
+    ``frac_reward_zero_std`` (the share over the groups of the steps since the previous log):
+    ``{"frac_reward_zero_std", "zero_spread_groups", "reward_groups"}``; the share is ``None``
+    when TRL logged none."""
+    previous = 0
+    groups = zero = 0.0
+    for entry in log_history:
+        share, step = entry.get(ZERO_SPREAD_KEY), entry.get("step")
+        if share is None or step is None:
+            continue
+        n = (step - previous) * groups_per_step
+        previous = step
+        groups += n
+        zero += share * n
+    return {ZERO_SPREAD_KEY: zero / groups if groups else None, "zero_spread_groups": round(zero),
+            "reward_groups": round(groups)}
 
 
 def write_reward_curve(log_history: list[dict[str, Any]], out_dir: Path, *, heldout: dict[str, Any] | None = None,
@@ -384,7 +428,13 @@ def write_reward_curve(log_history: list[dict[str, Any]], out_dir: Path, *, held
             if series:
                 ax.plot([p["step"] for p in series], [p["reward"] for p in series], lw=1, alpha=0.8,
                         label=name.replace("_", " "))
+        if points["zero_spread"]:
+            ax.plot([p["step"] for p in points["zero_spread"]], [p["share"] for p in points["zero_spread"]], lw=1,
+                    ls="--", color="grey", label="groups without reward spread (share)")
         last = points["total"][-1]["step"]
+        fixed = ((heldout or {}).get("fixed_plan") or {}).get("reward")
+        if fixed is not None:
+            ax.axhline(fixed, lw=1, ls=":", color="tab:red", label="held-out, fixed plan (most common completion)")
         for key, step, marker in (("before", 0, "s"), ("after", last, "D")):
             value = ((heldout or {}).get(key) or {}).get("reward")
             if value is not None:
@@ -432,7 +482,7 @@ def _callbacks(emit: Callable[[dict[str, Any]], None], out_dir: Path, run: str, 
             eta = (time.monotonic() - self.t0) / done * (state.max_steps - state.global_step) if done > 0 else None
             event = {"event": "train.progress", "phase": "rl", "run": run, "step": state.global_step,
                      "max_steps": state.max_steps, "eta_s": round(eta, 1) if eta is not None else None}
-            event.update({k: logs[k] for k in ("loss", "kl", "learning_rate") if k in logs})
+            event.update({k: logs[k] for k in ("loss", "kl", "learning_rate", ZERO_SPREAD_KEY) if k in logs})
             event.update(_reward_fields(logs))
             emit(event)
 
@@ -707,14 +757,19 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
     after = evaluate()
     if after:
         heldout["after"] = after
+    fixed = fixed_plan_reward(train, heldout_rows, config.weights)
     summary = {"before": state.get("heldout_before"), "after": ({k: v for k, v in after.items() if k != "samples"}
-                                                               if after else None)}
+                                                               if after else None), "fixed_plan": fixed}
     if heldout:
         _write_json(output_dir / HELDOUT_FILE, heldout)
 
     log_history = list(trainer.state.log_history)
     artifacts = write_reward_curve(log_history, output_dir, heldout=summary, png=True)
     rewards = [p["reward"] for p in curve_points(log_history)["total"]]
+    spread = zero_spread_groups(log_history, config.prompts_per_step)
+    if spread["reward_groups"] and spread["zero_spread_groups"] == spread["reward_groups"]:
+        emit({"event": "notice", "message": f"All {spread['reward_groups']} prompt groups of this run scored every "
+              "completion the same: no advantage, no gradient; the RL adapter learned nothing (see the reward curve)."})
     adapter_dir = output_dir / FINAL_DIR
     tmp = output_dir / f".{FINAL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -747,11 +802,13 @@ def _train_locked(prompts_path: Path, output_dir: Path, start_model: str, config
         "resumed_from": resume_from.name if resume_from else None,
         "train_reward_first": _mean(rewards[:quarter]),
         "train_reward_last": _mean(rewards[-quarter:]),
+        **spread,
         "heldout_prompts": len(heldout_rows),
         "heldout_reward_before": (summary["before"] or {}).get("reward"),
         "heldout_reward_after": (summary["after"] or {}).get("reward"),
         "heldout_components_before": (summary["before"] or {}).get("components"),
         "heldout_components_after": (summary["after"] or {}).get("components"),
+        "heldout_reward_fixed_plan": (fixed or {}).get("reward"),
         "reward_weights": config.weights.as_dict(),
         "train_runtime_s": float(train_metrics.get("train_runtime") or 0.0),
         "peak_memory_bytes": _peak_memory_bytes(cuda),

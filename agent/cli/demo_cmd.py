@@ -173,6 +173,8 @@ def demo_command(
         None, "--base-model", help="Base model to start from instead of the profile's (a local folder or hub id)."),
     ollama_host: str | None = typer.Option(
         None, "--ollama-host", help="Ollama to register the demo model with (default: OLLAMA_HOST or localhost)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of SFT and RL (default: the trainers' own, 42); the held-out split does not move."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Run the whole loop on the sample sessions shipped with ccrl: import, dataset, SFT and RL
@@ -198,7 +200,8 @@ def demo_command(
     ui = RichUI(_err) if interactive else PlainUI()
     try:
         with ui:
-            result = run_demo(demo_dir, user_home, ui, profile=profile, base_model=base_model, ollama_host=ollama_host)
+            result = run_demo(demo_dir, user_home, ui, profile=profile, base_model=base_model, ollama_host=ollama_host,
+                              seed=seed)
     except DemoError as exc:
         _fail(str(exc), code=2)
     except LockBusy as busy:

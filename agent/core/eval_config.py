@@ -31,7 +31,7 @@ class EvalSettings(BaseModel):
     )
     cpu_bf16: bool | None = Field(
         default=None,
-        description="bf16 autocast for Hugging Face models on a CPU; empty = on with AMX (as SFT). Faster prefill, slightly different greedy text.",
+        description="bf16 autocast for Hugging Face models on a CPU; empty = on where the CPU has bf16 in hardware (AVX-512 BF16 or AMX, as SFT). Faster prefill, slightly different greedy text.",
     )
     dev_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="Share of held-out sessions (by id hash) in the dev fold.")
     resamples: int = Field(default=2000, ge=100, description="Session-bootstrap resamples of every interval.")
