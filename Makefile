@@ -49,7 +49,7 @@ test: setup
 	scripts/system-deps.sh
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# The whole loop on the sample sessions shipped with ccrl (ccrl.agent.demo), in CCRL_HOME/demo.
+# The whole loop on the sample sessions shipped with ccrl (ccrl.agent.operations.demo), in CCRL_HOME/demo.
 # Needs only the train and gguf extras and the embedded model (no npm, no Claude Code CLI).
 demo: $(BIN)/python $(LLAMA_CPP_STAMP)
 	$(BIN)/pip install -q --find-links $(WHEELS) -e '.[train,gguf]'

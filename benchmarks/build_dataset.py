@@ -9,7 +9,7 @@ Each measurement runs in a fresh child process (so peak memory is that run's own
 
 - ``baseline``: read the same traces with the same paging and write ``json.dumps`` of each
   trace's JSON form to a file: the floor for anything that reads every trace;
-- ``build``: ``ccrl.agent.datasets.build_dataset`` with the default settings (both formats).
+- ``build``: ``ccrl.agent.datasets.datasets.build_dataset`` with the default settings (both formats).
 
 It prints wall and CPU seconds (CPU time is what to compare on a busy machine: wall time
 includes waiting for other processes), traces per CPU second, the ratio build/baseline, and
@@ -43,8 +43,8 @@ def _use_home(home: Path) -> None:
     os.environ["XDG_CONFIG_HOME"] = str(home.parent / "xdg-config")
     for name in ("CCRL_DATABASE_URL", "CCRL_CONFIG", "CCRL_DISABLE"):
         os.environ.pop(name, None)
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import dispose_engines
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import dispose_engines
 
     reset_settings_cache()
     dispose_engines()
@@ -56,15 +56,15 @@ def templates(workdir: Path) -> list[tuple[dict, list[dict]]]:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.conversation import ConversionError, trace_to_messages
-    from ccrl.agent.dataset_filters import trace_filter
-    from ccrl.agent.datasets import trajectory_tokens
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.importer import import_transcripts
-    from ccrl.agent.models import ToolCall, Trace
-    from ccrl.agent.records import trace_json
-    from ccrl.agent.signals import extract_signals
+    from ccrl.agent.capture.importer import import_transcripts
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.datasets.dataset_filters import trace_filter
+    from ccrl.agent.datasets.datasets import trajectory_tokens
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import ToolCall, Trace
+    from ccrl.agent.store.records import trace_json
+    from ccrl.trainers.conversation import ConversionError, trace_to_messages
+    from ccrl.trainers.signals import extract_signals
 
     _use_home(workdir / "fixtures-home")
     import_transcripts(FIXTURES)
@@ -87,8 +87,8 @@ def templates(workdir: Path) -> list[tuple[dict, list[dict]]]:
 
 def fill_store(home: Path, n_traces: int, rows: list[tuple[dict, list[dict]]], seed: int = 7) -> None:
     """A store of ``n_traces`` copies of the template traces (bulk inserts)."""
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import Session, ToolCall, Trace
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import Session, ToolCall, Trace
 
     _use_home(home)
     engine = get_engine()
@@ -167,14 +167,14 @@ def _cpu() -> float:
 def child(mode: str, home: str) -> dict:
     """One measurement, in this (fresh) process."""
     _use_home(Path(home))
-    from ccrl.agent.config import get_settings
+    from ccrl.agent.core.config import get_settings
 
     settings = get_settings()
     phases: dict[str, float] = {}
     with AnonPeak() as anon:
         start, cpu0 = time.perf_counter(), _cpu()
         if mode == "baseline":
-            from ccrl.agent.datasets import iter_traces
+            from ccrl.agent.datasets.datasets import iter_traces
 
             n = 0
             with open(Path(home) / "baseline.jsonl", "w", encoding="utf-8") as fh:
@@ -183,7 +183,7 @@ def child(mode: str, home: str) -> dict:
                     n += 1
             extra = {"traces": n}
         else:
-            from ccrl.agent import datasets as ds
+            from ccrl.agent.datasets import datasets as ds
 
             # time the two phases: the streamed pass over the store, and the Arrow writes
             original_hash, original_write = ds._content_hash, ds._dataset_dict

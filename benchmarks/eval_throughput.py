@@ -38,8 +38,8 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "claude-code" / "transcripts"
 
 def decisions(root: Path, count: int, max_prompt_tokens: int, seed: int) -> Any:
     """A seeded sample of the decisions ``eval --sessions`` reads under ``root`` (no store)."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.eval_sessions import read_decisions
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.evaluation.eval_sessions import read_decisions
     from ccrl.trainers.evaluate import EvalData
 
     found = read_decisions(root, get_settings(), trained_sessions=set(), trained_uuids=set(),

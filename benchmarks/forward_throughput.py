@@ -75,14 +75,14 @@ def agent_env(home: Path, url: str, agent: int) -> dict[str, str]:
 def child(mode: str, agent: int, n: int) -> None:
     """One process of a variant: get ready, say so, wait for the start line on stdin, work,
     print what it did as JSON."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import get_engine
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import get_engine
 
     settings = get_settings()
     engine = get_engine(settings)  # connected and migrated before the clock starts
     rows = []
     if mode == "plain":
-        from ccrl.agent.drain import ID_FIELDS, event_key
+        from ccrl.agent.capture.drain import ID_FIELDS, event_key
 
         for received_at, payload in events(agent, n):
             event = json.loads(payload)
@@ -104,7 +104,7 @@ def child(mode: str, agent: int, n: int) -> None:
                         "%s::json, %s, %s) ON CONFLICT (event_key) DO NOTHING", rows[i:i + BATCH])
         stored = len(rows)
     else:
-        from ccrl.agent.drain import drain
+        from ccrl.agent.capture.drain import drain
 
         report = drain(settings)
         stored = report.stored

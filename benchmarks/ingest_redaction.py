@@ -1,4 +1,4 @@
-"""The cost of ingest's second redaction pass (detect-secrets' detectors, agent/deep_redact.py).
+"""The cost of ingest's second redaction pass (detect-secrets' detectors, agent/capture/deep_redact.py).
 
 Two measurements, each with and without the pass, in the same run:
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from build_dataset import _use_home  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from ccrl.agent import deep_redact
+from ccrl.agent.capture import deep_redact
 from ccrl.hooks import redact as hook_rules
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "claude-code-sessions" / "entireio-cli"
@@ -57,7 +57,7 @@ def _strings(path: Path) -> list[str]:
 
 
 def _import_once(path: Path, with_pass: bool) -> float:
-    from ccrl.agent.importer import import_transcripts
+    from ccrl.agent.capture.importer import import_transcripts
 
     original = deep_redact.detector_pass
     if not with_pass:

@@ -66,7 +66,7 @@ def train(env: dict[str, str], seed: int, max_steps: int | None, epochs: int | N
     options = {"seed": seed, **({"num_train_epochs": epochs} if epochs else {})}
     code = (
         "import json, sys\n"
-        "from ccrl.agent.training import run_training, run_json\n"
+        "from ccrl.agent.training.training import run_training, run_json\n"
         f"run = run_training('sft', from_base=True, max_steps={max_steps!r}, options={options!r}, progress_bar=False)\n"
         "print(json.dumps(run_json(run), default=str))\n"
     )

@@ -139,7 +139,7 @@ def resolve_inputs(args: argparse.Namespace, work: Path) -> None:
     (built from the fixtures in ``work`` by default)."""
     from transformers import AutoTokenizer
 
-    from ccrl.agent.config import get_settings
+    from ccrl.agent.core.config import get_settings
     from ccrl.trainers.base_models import ensure_embedded_base
     from ccrl.trainers.chat_templates import detect_family
 

@@ -44,10 +44,10 @@ TEMPLATES = 50
 
 def fill_store(home: Path, n_traces: int) -> None:
     """``n_traces`` traces, their tool calls and one hook event each, by bulk inserts of 1,000."""
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import HookEvent, Session, ToolCall, Trace
-    from ccrl.agent.records import trace_json
-    from ccrl.agent.signals import extract_signals
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import HookEvent, Session, ToolCall, Trace
+    from ccrl.agent.store.records import trace_json
+    from ccrl.trainers.signals import extract_signals
 
     _use_home(home)
     engine = get_engine()

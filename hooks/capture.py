@@ -7,7 +7,7 @@ stderr and always leaves with status 0.
 
 Hot path, standard library only: read stdin (bounded wait), honour opt-out, redact, INSERT
 one row into the inbox in ``CCRL_HOME``; if that fails for any reason, write a spool file
-(``inbox.py``). The drain (``ccrl.agent.drain``) stores or quarantines both later.
+(``inbox.py``). The drain (``ccrl.agent.capture.drain``) stores or quarantines both later.
 
 Claude Code runs :func:`hook_command` (``command.py``): this file by path under
 ``python -S -E`` (the venv's ``site`` and .pth files cost more than the whole hook), so the

@@ -1,7 +1,7 @@
 """Where an event lands: the inbox, else a spool file. Standard library only.
 
 The inbox is a local SQLite file the hook appends raw events to. The hook only ever INSERTs;
-the drain (``ccrl.agent.drain``) reads rows, stores them as hook events, and deletes the rows
+the drain (``ccrl.agent.capture.drain``) reads rows, stores them as hook events, and deletes the rows
 once that store transaction has committed. The inbox is always a local SQLite file, even when
 the store is PostgreSQL, so the hook never waits on a network.
 

@@ -130,12 +130,12 @@ def check_import(transcripts: Path, sessions: list[Session]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ccrl-samples-check-") as tmp:
         os.environ["CCRL_HOME"] = str(Path(tmp) / "home")
         os.environ["CCRL_CONFIG"] = str(Path(tmp) / "no-config.toml")
-        from ccrl.agent.config import Settings
-        from ccrl.agent.datasets import build_dataset
-        from ccrl.agent.db import session_scope
-        from ccrl.agent.importer import import_transcripts
-        from ccrl.agent.models import ToolCall, Trace
-        from ccrl.agent.records import trace_json
+        from ccrl.agent.capture.importer import import_transcripts
+        from ccrl.agent.core.config import Settings
+        from ccrl.agent.datasets.datasets import build_dataset
+        from ccrl.agent.store.db import session_scope
+        from ccrl.agent.store.models import ToolCall, Trace
+        from ccrl.agent.store.records import trace_json
         from sqlmodel import select
 
         settings = Settings(home=Path(tmp) / "home")

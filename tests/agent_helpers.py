@@ -10,11 +10,11 @@ import random
 from sqlalchemy import func
 from sqlmodel import select
 
-from ccrl.agent.config import Settings
-from ccrl.agent.db import session_scope
-from ccrl.agent.models import Session, ToolCall, Trace
-from ccrl.agent.records import trace_json
-from ccrl.agent.signals import extract_signals
+from ccrl.agent.core.config import Settings
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Session, ToolCall, Trace
+from ccrl.agent.store.records import trace_json
+from ccrl.trainers.signals import extract_signals
 
 _VERBS = ["Fix", "Refactor", "Document", "Speed up", "Add tests for", "Rename the helpers in", "Type-annotate",
           "Remove dead code from", "Add logging to", "Split up", "Review", "Port to pathlib"]

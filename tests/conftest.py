@@ -40,8 +40,8 @@ def embedded_tokenizer_dir() -> Path:
 @pytest.fixture
 def ccrl_home(tmp_path, monkeypatch) -> Path:
     """A fresh, empty CCRL_HOME (and XDG dirs) for one test; settings and engines reset."""
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import dispose_engines
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import dispose_engines
 
     home = tmp_path / "ccrl-home"
     monkeypatch.setenv("CCRL_HOME", str(home))

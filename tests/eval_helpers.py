@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ccrl.agent.conversation import PlanStep, render_workflow
+from ccrl.trainers.conversation import PlanStep, render_workflow
 
 CWD = "/repo"
 KINDS = (

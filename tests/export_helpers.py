@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ccrl.agent.conversation import system_prompt
+from ccrl.trainers.conversation import system_prompt
 
 REPO = Path(__file__).resolve().parent.parent
 from conftest import TEST_CACHE, embedded_tokenizer_dir  # noqa: E402
@@ -125,7 +125,7 @@ def _train_overfit(root: Path, dest: Path) -> None:
 
 def expected_reply(conversation: list[dict[str, Any]]) -> str:
     """The assistant text of an example, as the model was trained to write it."""
-    from ccrl.agent.conversation import render_assistant_text
+    from ccrl.trainers.conversation import render_assistant_text
 
     return render_assistant_text(conversation[-1])
 

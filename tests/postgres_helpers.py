@@ -224,8 +224,8 @@ def pg_url(pg_server: PostgresServer) -> str:
 @pytest.fixture
 def pg_home(ccrl_home: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``ccrl_home`` whose store is a fresh PostgreSQL database (``CCRL_DATABASE_URL``)."""
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import dispose_engines
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import dispose_engines
 
     monkeypatch.setenv("CCRL_DATABASE_URL", pg_url)
     reset_settings_cache()

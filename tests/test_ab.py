@@ -10,8 +10,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.agent.conversation import PlanStep, render_workflow, tool_arguments
 from ccrl.trainers import ab
+from ccrl.trainers.conversation import PlanStep, render_workflow, tool_arguments
 from ccrl.trainers.metrics import rate
 
 
@@ -38,7 +38,7 @@ def test_canonical_plan_hides_formatting_differences():
               "Answer:\nFixed it.   \n")
     assert ab.canonical_plan(sloppy) == ab.canonical_plan(claude) == claude
     # Long arguments are cut the same way whoever wrote them, even when one side was cut already.
-    from ccrl.agent.conversation import workflow_text
+    from ccrl.trainers.conversation import workflow_text
 
     trace = {"prompt": "p", "response": "ok", "steps": [
         {"kind": "text", "text": "Write it."},
@@ -125,8 +125,8 @@ def test_verdict_needs_a_control_that_works():
 def evaluated(ccrl_home):
     """A store with one model version evaluated in one gate run: the candidate's and the base
     model's plans for six held-out prompts (plans written by hand, stored as the gate stores them)."""
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion, Evaluation, ModelVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion, Evaluation, ModelVersion
     from ccrl.trainers.evaluate import ModelEvaluation, write_details
 
     folder = ccrl_home / "evals"
@@ -155,8 +155,8 @@ def test_ab_records_blind_votes_and_reports_wrong_guesses(evaluated):
     from sqlmodel import select
 
     from ccrl.agent.cli import app
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ABVote
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ABVote
 
     runner = CliRunner()
     # Always answer "1": right exactly when Claude's plan was shown first.

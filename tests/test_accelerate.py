@@ -125,7 +125,7 @@ def test_the_launch_command_runs_the_trainer_module_under_accelerate():
 
 
 def test_settings_take_the_launch_from_config_and_environment(ccrl_home, monkeypatch):
-    from ccrl.agent.config import Settings
+    from ccrl.agent.core.config import Settings
 
     assert (Settings().train.accelerate_config, Settings().train.num_processes) == (None, None)
     monkeypatch.setenv("CCRL_TRAIN__ACCELERATE_CONFIG", "fsdp")
@@ -136,10 +136,10 @@ def test_settings_take_the_launch_from_config_and_environment(ccrl_home, monkeyp
 def test_a_bad_launch_fails_before_a_run_is_recorded(ccrl_home, monkeypatch):
     from sqlmodel import select
 
-    from ccrl.agent.config import Settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
-    from ccrl.agent.training import TrainingError, run_training
+    from ccrl.agent.core.config import Settings
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
+    from ccrl.agent.training.training import TrainingError, run_training
 
     monkeypatch.setenv("CCRL_TRAIN__ACCELERATE_CONFIG", "ddq")
     with pytest.raises(TrainingError, match="'ddq' is not a known name"):
@@ -213,11 +213,11 @@ def tiny_model(tmp_path_factory) -> Path:
 def _ddp_cycle(monkeypatch, tiny_model: Path, **env: str) -> tuple[object, int]:
     """A store with a dataset version and a cycle at its SFT step, settings for a 2-process
     CPU DDP run of the tiny model."""
-    from ccrl.agent.config import Settings, reset_settings_cache
-    from ccrl.agent.cycle import plan_steps
-    from ccrl.agent.datasets import build_dataset
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import Cycle
+    from ccrl.agent.core.config import Settings, reset_settings_cache
+    from ccrl.agent.daemon.cycle import plan_steps
+    from ccrl.agent.datasets.datasets import build_dataset
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Cycle
 
     from agent_helpers import add_usable_traces
 
@@ -259,9 +259,9 @@ def _in_this_home(pids: list[int], home: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_two_process_ddp_sft_through_the_child_runner(ccrl_home, monkeypatch, tiny_model):
-    from ccrl.agent.child import ChildRunner
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
+    from ccrl.agent.daemon.child import ChildRunner
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
 
     settings, cycle_id = _ddp_cycle(monkeypatch, tiny_model)
     progress: list[dict] = []
@@ -286,9 +286,9 @@ def test_two_process_ddp_sft_through_the_child_runner(ccrl_home, monkeypatch, ti
 
 @pytest.mark.slow
 def test_a_stop_reaches_every_rank_which_checkpoint_at_the_same_step(ccrl_home, monkeypatch, tiny_model):
-    from ccrl.agent.child import ChildRunner
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
+    from ccrl.agent.daemon.child import ChildRunner
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
 
     settings, cycle_id = _ddp_cycle(monkeypatch, tiny_model, CCRL_TRAIN__MAX_STEPS="200")
     stop = threading.Event()
@@ -314,8 +314,8 @@ def test_ccrl_train_reports_a_bad_launch_and_rl_says_it_runs_in_one_process(ccrl
     from typer.testing import CliRunner
 
     from ccrl.agent.cli import app
-    from ccrl.agent.config import Settings
-    from ccrl.agent.training import TrainingError, run_training
+    from ccrl.agent.core.config import Settings
+    from ccrl.agent.training.training import TrainingError, run_training
 
     monkeypatch.setenv("CCRL_TRAIN__ACCELERATE_CONFIG", str(ccrl_home / "missing.yaml"))
     result = CliRunner().invoke(app, ["train", "--phase", "sft"])

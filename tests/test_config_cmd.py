@@ -8,7 +8,7 @@ from urllib.parse import quote
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.config import Settings
+from ccrl.agent.core.config import Settings
 
 runner = CliRunner()
 

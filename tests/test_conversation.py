@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent import conversation as conv
-from ccrl.agent.signals import extract_signals
+from ccrl.trainers import conversation as conv
+from ccrl.trainers.signals import extract_signals
 from test_signals import TraceBuilder
 
 

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from ccrl.agent.child import StepOutcome, result_path
-from ccrl.agent.config import AgentSettings, Settings
-from ccrl.agent.cycle import (
+from ccrl.agent.core.config import AgentSettings, Settings
+from ccrl.agent.daemon.child import StepOutcome, result_path
+from ccrl.agent.daemon.cycle import (
     CycleEngine,
     apply_outcome,
     backoff_seconds,
@@ -23,8 +23,8 @@ from ccrl.agent.cycle import (
     precondition,
     threshold,
 )
-from ccrl.agent.db import session_scope
-from ccrl.agent.models import Cycle, DatasetVersion, utcnow
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Cycle, DatasetVersion, utcnow
 
 from agent_helpers import add_unusable_traces, add_usable_traces
 
@@ -297,7 +297,7 @@ def test_status_tells_the_agents_story(ccrl_home):
 def test_a_turn_open_when_a_cycle_starts_counts_once_it_completes(ccrl_home):
     """Not an id watermark: a trace with a lower id than the last cycle's watermark that was
     still open then (its turn ran on) counts towards the next cycle when it completes."""
-    from ccrl.agent.models import Trace
+    from ccrl.agent.store.models import Trace
 
     settings = Settings()
     ids = add_usable_traces(settings, 50)
@@ -321,7 +321,7 @@ def test_ids_reused_after_a_purge_still_count(ccrl_home):
     """SQLite hands out the purged newest rows' ids again: new traces with those ids are new."""
     from sqlalchemy import delete
 
-    from ccrl.agent.models import ToolCall, Trace
+    from ccrl.agent.store.models import ToolCall, Trace
 
     settings = Settings()
     ids = add_usable_traces(settings, 60)

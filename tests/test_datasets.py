@@ -15,15 +15,15 @@ from sqlmodel import Session as DBSession
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from ccrl.agent import conversation as conv
-from ccrl.agent import datasets as ds
+from ccrl.agent.capture.importer import import_transcripts
 from ccrl.agent.cli import app
-from ccrl.agent.config import get_settings, reset_settings_cache
-from ccrl.agent.dataset_config import DatasetSettings
-from ccrl.agent.dataset_filters import MinHasher, PromptDeduper, jaccard, prompt_features
-from ccrl.agent.db import dispose_engines, get_engine, session_scope
-from ccrl.agent.importer import import_transcripts
-from ccrl.agent.models import DatasetVersion, Session, ToolCall, Trace
+from ccrl.agent.core.config import get_settings, reset_settings_cache
+from ccrl.agent.core.dataset_config import DatasetSettings
+from ccrl.agent.datasets import datasets as ds
+from ccrl.agent.datasets.dataset_filters import MinHasher, PromptDeduper, jaccard, prompt_features
+from ccrl.agent.store.db import dispose_engines, get_engine, session_scope
+from ccrl.agent.store.models import DatasetVersion, Session, ToolCall, Trace
+from ccrl.trainers import conversation as conv
 from conftest import TRANSCRIPTS
 from test_signals import TraceBuilder
 

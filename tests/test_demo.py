@@ -42,7 +42,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def test_samples_ship_in_the_package_small_and_safe():
-    from ccrl.agent.demo import SAMPLES_ARCHIVE, SAMPLES_MANIFEST
+    from ccrl.agent.operations.demo import SAMPLES_ARCHIVE, SAMPLES_MANIFEST
 
     assert SAMPLES_ARCHIVE.stat().st_size < 1_000_000  # well under a few MB in git and in the wheel
     manifest = json.loads(SAMPLES_MANIFEST.read_text())
@@ -65,7 +65,7 @@ def test_samples_ship_in_the_package_small_and_safe():
 def test_samples_are_real_claude_code_transcripts_without_machine_paths():
     """Read with a minimal scan, not with ccrl's parser: the transcripts hold the real CLI's
     lines (version, request shapes, tool results), paths under /home/dev only, and no secret."""
-    from ccrl.agent.demo import SAMPLES_ARCHIVE
+    from ccrl.agent.operations.demo import SAMPLES_ARCHIVE
     from ccrl.hooks.redact import redact_text
 
     types: set[str] = set()
@@ -102,7 +102,7 @@ def test_samples_are_real_claude_code_transcripts_without_machine_paths():
 
 
 def test_the_demo_folder_is_never_the_users_data(tmp_path):
-    from ccrl.agent.demo import MARKER, DemoError, check_demo_dir
+    from ccrl.agent.operations.demo import MARKER, DemoError, check_demo_dir
 
     home = tmp_path / "share" / "ccrl"
     home.mkdir(parents=True)
@@ -122,7 +122,7 @@ def test_the_demo_folder_is_never_the_users_data(tmp_path):
 
 
 def test_reset_keeps_only_the_caches(tmp_path):
-    from ccrl.agent.demo import MARKER, reset_demo_dir
+    from ccrl.agent.operations.demo import MARKER, reset_demo_dir
 
     demo = tmp_path / "demo"
     for rel in ("ccrl.db", "models/sft/run-1/final/a", "models/base/smollm2/config.json", "cache/conv/c.py",
@@ -137,8 +137,8 @@ def test_reset_keeps_only_the_caches(tmp_path):
 
 
 def test_the_demo_environment_points_everything_at_the_demo_folder(tmp_path, monkeypatch):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.demo import demo_environment
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.demo import demo_environment
 
     monkeypatch.setenv("CCRL_HOME", str(tmp_path / "mine"))
     monkeypatch.setenv("CCRL_DATABASE_URL", "sqlite:////nowhere/mine.db")
@@ -155,8 +155,8 @@ def test_the_demo_environment_points_everything_at_the_demo_folder(tmp_path, mon
 
 
 def test_profiles_name_real_trainer_settings_and_state_the_full_budgets():
-    from ccrl.agent.config import EvalSettings, TrainSettings
-    from ccrl.agent.demo import PROFILES, budgets_table
+    from ccrl.agent.core.config import EvalSettings, TrainSettings
+    from ccrl.agent.operations.demo import PROFILES, budgets_table
     from ccrl.trainers.rl import RLConfig
     from ccrl.trainers.sft import SFTRunConfig
 
@@ -226,7 +226,7 @@ def go_binary(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, tmp_path_factory, go_binary):
-    from ccrl.agent.demo import PROFILES
+    from ccrl.agent.operations.demo import PROFILES
     from ccrl.trainers.export import converter_dir
 
     # The user's own data: a real store with a real import, which the demo must not touch.

@@ -41,10 +41,10 @@ def ollama_server(tmp_path, go_binary, monkeypatch):
 def versions(ccrl_home, shared):
     """Three candidate versions (q8_0, q4_k_m and f16 files of the overfit tiny model), as
     ``ccrl export`` records them. Returns ``{number: quant}``."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion
-    from ccrl.agent.versions import add_history, gguf_dir
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import add_history, gguf_dir
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
     from ccrl.trainers.evaluate import weights_digest
 
     info = overfit_gguf(shared)
@@ -82,9 +82,9 @@ def _digest(client, tag: str) -> str:
 
 
 def _rows():
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.versions import list_versions
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import list_versions
+    from ccrl.agent.store.db import session_scope
 
     with session_scope(get_settings()) as session:
         rows = list_versions(session)
@@ -94,7 +94,7 @@ def _rows():
 
 
 def test_deploy_registers_the_version_and_ollama_runs_it(ollama_server, versions):
-    from ccrl.agent.deploy import deploy_version, modelfile_system, parse_show_parameters
+    from ccrl.agent.release.deploy import deploy_version, modelfile_system, parse_show_parameters
     from ccrl.trainers.ollama_template import family
 
     lines = []
@@ -130,7 +130,7 @@ def test_deploy_registers_the_version_and_ollama_runs_it(ollama_server, versions
 
 
 def test_the_upload_is_skipped_when_ollama_already_has_the_blob(ollama_server, versions):
-    from ccrl.agent.deploy import deploy_version
+    from ccrl.agent.release.deploy import deploy_version
 
     rows = _rows()
     digest = _client().create_blob(rows[2].gguf_path)  # e.g. an earlier, interrupted deployment
@@ -146,8 +146,8 @@ def test_the_upload_is_skipped_when_ollama_already_has_the_blob(ollama_server, v
 
 
 def test_rollback_and_deploying_any_kept_version(ollama_server, versions):
-    from ccrl.agent.deploy import deploy_version, rollback
-    from ccrl.agent.versions import VersionError
+    from ccrl.agent.release.deploy import deploy_version, rollback
+    from ccrl.agent.release.versions import VersionError
 
     client = _client()
     deploy_version(number=1)
@@ -175,7 +175,7 @@ def test_rollback_and_deploying_any_kept_version(ollama_server, versions):
     assert rows[2].status == "deployed" and rows[1].status == "retired"
     forced = [e for e in rows[2].metrics["history"] if e["event"] == "deployed" and e.get("forced")]
     assert forced and forced[-1]["reason"] == "the regression was in the eval set, not the model"
-    # The evaluation gate's own record of the override (ccrl.agent.gate).
+    # The evaluation gate's own record of the override (ccrl.agent.evaluation.gate).
     assert rows[2].gate["override"]["reason"] == "the regression was in the eval set, not the model"
     assert rows[2].metrics["history"][-1]["event"] == "gate overridden"
     assert _digest(client, f"{NAME}:latest") == _digest(client, f"{NAME}:v2")
@@ -186,7 +186,7 @@ def test_rollback_and_deploying_any_kept_version(ollama_server, versions):
 
 
 def test_rollback_registers_the_target_again_when_ollama_lost_it(ollama_server, versions):
-    from ccrl.agent.deploy import deploy_version, rollback
+    from ccrl.agent.release.deploy import deploy_version, rollback
 
     deploy_version(number=1)
     deploy_version(number=2)
@@ -205,7 +205,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_ollama_is_a_clear_error_and_the_version_stays_a_candidate(ccrl_home, versions, monkeypatch):
-    from ccrl.agent.deploy import OllamaUnreachable, deploy_version
+    from ccrl.agent.release.deploy import OllamaUnreachable, deploy_version
 
     host = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("OLLAMA_HOST", host)
@@ -224,7 +224,7 @@ def test_unreachable_ollama_is_a_clear_error_and_the_version_stays_a_candidate(c
 
 
 def test_an_ollama_error_mid_deployment_leaves_nothing_half_registered(ollama_server, versions):
-    from ccrl.agent.deploy import DeployError, deploy_version
+    from ccrl.agent.release.deploy import DeployError, deploy_version
 
     deploy_version(number=1)
     client = _client()
@@ -249,7 +249,7 @@ def test_an_ollama_error_mid_deployment_leaves_nothing_half_registered(ollama_se
 
 
 def test_a_file_changed_since_export_is_not_registered(ollama_server, versions):
-    from ccrl.agent.deploy import DeployError, deploy_version
+    from ccrl.agent.release.deploy import DeployError, deploy_version
 
     path = Path(_rows()[1].gguf_path)
     with open(path, "ab") as handle:
@@ -262,9 +262,9 @@ def test_a_file_changed_since_export_is_not_registered(ollama_server, versions):
 
 
 def test_deploy_holds_to_the_gate_on_the_weights_it_judged(ollama_server, versions):
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.deploy import VersionError, deploy_version
-    from ccrl.agent.models import ModelVersion
+    from ccrl.agent.release.deploy import VersionError, deploy_version
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
 
     with session_scope() as session:
         session.get(ModelVersion, _rows()[1].id).gate = {}
@@ -308,8 +308,8 @@ def test_ollama_refuses_adapters_quantizing_a_gguf_and_a_wrong_digest(ollama_ser
 
 
 def test_deploy_keeps_the_deployed_and_rollback_target_files_under_retention(ollama_server, versions, monkeypatch):
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.deploy import deploy_version, rollback
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.release.deploy import deploy_version, rollback
 
     monkeypatch.setenv("CCRL_AGENT__KEEP_MODEL_VERSIONS", "1")
     reset_settings_cache()
@@ -365,8 +365,8 @@ def _users_own_model(client, name: str, gguf: str, system: str = "You are my own
 def _forget_version(number: int) -> str:
     """Drop a version's row, leaving its GGUF: a file ccrl never exported, as far as the store knows.
     Returns its path."""
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
 
     with session_scope() as session:
         row = session.get(ModelVersion, _rows()[number].id)
@@ -378,8 +378,8 @@ def _forget_version(number: int) -> str:
 def test_deploy_refuses_a_name_holding_models_ccrl_did_not_create(ollama_server, versions):
     """``ccrl deploy --name llama3.2`` with the user's own llama3.2 in Ollama: refused with what to do,
     nothing changed, unless --force (with a reason), which is recorded."""
-    from ccrl.agent.deploy import deploy_version
-    from ccrl.agent.versions import VersionError
+    from ccrl.agent.release.deploy import deploy_version
+    from ccrl.agent.release.versions import VersionError
 
     client = _client()
     own = _forget_version(3)
@@ -419,8 +419,8 @@ def test_deploy_refuses_a_name_holding_models_ccrl_did_not_create(ollama_server,
 
 
 def test_rollback_refuses_a_name_holding_models_ccrl_did_not_create(ollama_server, versions):
-    from ccrl.agent.deploy import deploy_version, rollback
-    from ccrl.agent.versions import VersionError
+    from ccrl.agent.release.deploy import deploy_version, rollback
+    from ccrl.agent.release.versions import VersionError
 
     client = _client()
     deploy_version(number=1)
@@ -435,8 +435,8 @@ def test_rollback_refuses_a_name_holding_models_ccrl_did_not_create(ollama_serve
 def test_ccrl_knows_its_models_by_their_weights_or_its_system_prompt(ollama_server, versions):
     """A model is ccrl's when its GGUF is one the store exported (by sha256) or, for a store that
     was reset, when it carries ccrl's system prompt; same weights under another prompt are not."""
-    from ccrl.agent.conversation import system_prompt
-    from ccrl.agent.deploy import created_by_ccrl, deploy_version
+    from ccrl.agent.release.deploy import created_by_ccrl, deploy_version
+    from ccrl.trainers.conversation import system_prompt
 
     client = _client()
     deploy_version(number=1)
@@ -454,10 +454,10 @@ def test_ccrl_knows_its_models_by_their_weights_or_its_system_prompt(ollama_serv
 def test_retention_deletes_only_files_inside_the_models_folder(ollama_server, versions, tmp_path, monkeypatch):
     """Versions whose recorded files are elsewhere (a path outside CCRL_HOME/models, a symlink
     from inside it to a file outside) are pruned from the store's view, and the files stay."""
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.deploy import deploy_version
-    from ccrl.agent.models import ModelVersion
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.release.deploy import deploy_version
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
 
     rows = _rows()
     outside = tmp_path / "users-files" / "keep-me.gguf"
@@ -484,7 +484,7 @@ def test_retention_deletes_only_files_inside_the_models_folder(ollama_server, ve
 
 
 def test_owned_files_are_judged_on_their_real_path(tmp_path):
-    from ccrl.agent.owned_paths import remove_owned_file
+    from ccrl.agent.core.owned_paths import remove_owned_file
 
     root = tmp_path / "home" / "models"
     (root / "gguf").mkdir(parents=True)

@@ -73,7 +73,7 @@ def test_a_working_store_and_installed_hooks(home):
 
 
 def test_broken_store_and_hooks_are_errors_with_fixes(home, tmp_path):
-    from ccrl.agent.claude_settings import command_program
+    from ccrl.agent.capture.claude_settings import command_program
     from ccrl.agent.cli import app
 
     runner = CliRunner()

@@ -1,4 +1,4 @@
-"""The drain (ccrl.agent.drain): inbox rows and spool files → HookEvent / Quarantine rows.
+"""The drain (ccrl.agent.capture.drain): inbox rows and spool files → HookEvent / Quarantine rows.
 
 Everything runs on real SQLite files: the inbox is written with the hook's own functions
 (``inbox.append`` / ``inbox.spool``), the store through ``get_engine``. Crash safety is checked
@@ -22,10 +22,10 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.config import get_settings
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import DrainReport, drain, ensure_local_stores, event_key, parse_event
-from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.agent.capture.drain import DrainReport, drain, ensure_local_stores, event_key, parse_event
+from ccrl.agent.core.config import get_settings
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import inbox, paths
 from ccrl.hooks.handler import REDACTION_FAILED
 from conftest import HOOK_PAYLOADS
@@ -184,7 +184,7 @@ def test_a_drain_killed_between_commit_and_delete_loses_and_duplicates_nothing(h
     # batch's store transaction committed, before its inbox rows are deleted.
     script = textwrap.dedent("""
         import os
-        from ccrl.agent import drain as d
+        from ccrl.agent.capture import drain as d
         real = d._store_batch
         def store_then_die(*args, **kwargs):
             real(*args, **kwargs)
@@ -207,7 +207,7 @@ def test_batches_bound_rows_and_bytes(home):
     for i in range(25):
         add_row(1760000000.0 + i, hook_event(i, blob=big if i % 5 == 0 else ""))
     conn = inbox.connect(str(paths.inbox_path()))
-    from ccrl.agent.drain import _inbox_batches
+    from ccrl.agent.capture.drain import _inbox_batches
 
     batches = list(_inbox_batches(conn, 25, rows=7, size=500_000))
     conn.close()

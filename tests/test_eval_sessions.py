@@ -39,7 +39,7 @@ def write_copy(source: Path, folder: Path, session_id: str, *, cwd: str | None =
     """A copy of a transcript under another session id, as ``claude --resume`` or
     ``--fork-session`` writes one: the same messages with the same uuids. ``upto_last_turn``:
     only the lines before its last prompt (the parent session, before it was resumed)."""
-    from ccrl.agent.transcript import parse_transcript
+    from ccrl.agent.capture.transcript import parse_transcript
 
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     if upto_last_turn:
@@ -67,10 +67,10 @@ def test_a_resumed_session_stays_in_its_parents_split(ccrl_home, tmp_path, monke
     """The parent session ends after its first prompt; the resumed session repeats it (same
     uuids) and goes on. Their own hashes put them on opposite sides of the split; the family
     goes where the parent goes."""
-    from ccrl.agent import datasets as ds
-    from ccrl.agent.config import get_settings, reset_settings_cache
-    from ccrl.agent.importer import import_transcripts, peek_session_id
-    from ccrl.agent.session_lineage import family_of, lineage_roots
+    from ccrl.agent.capture.importer import import_transcripts, peek_session_id
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
+    from ccrl.agent.datasets import datasets as ds
+    from ccrl.agent.datasets.session_lineage import family_of, lineage_roots
 
     parent_id = peek_session_id(TWO_TURNS)
     parent_bucket = ds.session_bucket(parent_id)
@@ -128,10 +128,10 @@ def candidate_store(ccrl_home, monkeypatch, trained, tmp_path):
     on it. Returns the folder of transcripts to evaluate on: every fixture transcript, plus a
     resumed copy of the trained session under a new id, plus a copy of a session whose project
     opted out with ``.ccrl-ignore``."""
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.importer import import_transcripts, peek_session_id
-    from ccrl.agent.models import DatasetVersion, ModelVersion, TrainingRun
+    from ccrl.agent.capture.importer import import_transcripts, peek_session_id
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion, ModelVersion, TrainingRun
 
     for key, value in SMALL.items():
         monkeypatch.setenv(key, value)
@@ -167,7 +167,7 @@ def candidate_store(ccrl_home, monkeypatch, trained, tmp_path):
 
 
 def _store_snapshot(home: Path) -> tuple[bytes, dict[str, int]]:
-    from ccrl.agent.db import dispose_engines
+    from ccrl.agent.store.db import dispose_engines
 
     dispose_engines()  # closes the connections: the WAL is checkpointed into the file
     path = home / "ccrl.db"
@@ -180,8 +180,8 @@ def _store_snapshot(home: Path) -> tuple[bytes, dict[str, int]]:
 def test_eval_sessions_on_the_fixture_transcripts(candidate_store, ccrl_home):
     from typer.testing import CliRunner
 
+    from ccrl.agent.capture.importer import discover
     from ccrl.agent.cli import app
-    from ccrl.agent.importer import discover
     from ccrl.trainers.metrics import SESSION_BOOTSTRAP
 
     before = _store_snapshot(ccrl_home)

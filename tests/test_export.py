@@ -232,10 +232,10 @@ def test_export_run_records_a_candidate_version_and_applies_retention(ccrl_home,
     file's sha256 and the export's facts; older files go beyond ``keep``, never the deployed one's."""
     import shutil
 
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion, TrainingRun, utcnow
-    from ccrl.agent.versions import export_run, gguf_dir, history, list_versions, mark_deployed
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import export_run, gguf_dir, history, list_versions, mark_deployed
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion, TrainingRun, utcnow
 
     settings = get_settings()
     run_dir = ccrl_home / "models" / "sft" / "run-1"
@@ -280,9 +280,9 @@ def test_ccrl_export_json_and_models_commands(ccrl_home, shared):
     """The CLI end to end: ``ccrl export --json``, ``ccrl models list --json``, ``models show``."""
     import shutil
 
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun, utcnow
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun, utcnow
 
     run_dir = ccrl_home / "models" / "sft" / "run-1"
     shutil.copytree(overfit_model(shared), run_dir / "merged")

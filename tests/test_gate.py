@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from eval_helpers import train_tiny_agent, write_dataset_version  # noqa: E402
 
-from ccrl.agent import gate  # noqa: E402
-from ccrl.agent.eval_config import EvalSettings  # noqa: E402
+from ccrl.agent.core.eval_config import EvalSettings  # noqa: E402
+from ccrl.agent.evaluation import gate  # noqa: E402
 from ccrl.trainers.metrics import SESSION_BOOTSTRAP  # noqa: E402
 
 
@@ -127,9 +127,9 @@ SMALL = {"CCRL_EVAL__DECISION_MAX_NEW_TOKENS": "40", "CCRL_EVAL__PLAN_MAX_NEW_TO
 @pytest.fixture
 def store(ccrl_home, monkeypatch, models):
     """A store with the dataset version and a function to add a trained run + model version."""
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion, ModelVersion, TrainingRun
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion, ModelVersion, TrainingRun
 
     for key, value in SMALL.items():
         monkeypatch.setenv(key, value)
@@ -158,8 +158,8 @@ def store(ccrl_home, monkeypatch, models):
 
 
 def _version(version_id: int):
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
 
     with session_scope() as session:
         return session.get(ModelVersion, version_id).model_copy()
@@ -168,8 +168,8 @@ def _version(version_id: int):
 def _evaluations() -> list:
     from sqlmodel import select
 
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import Evaluation
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Evaluation
 
     with session_scope() as session:
         return [row.model_copy() for row in session.exec(select(Evaluation).order_by(Evaluation.id))]
@@ -278,7 +278,7 @@ def test_ccrl_eval_shows_the_table_and_plots(store, models, ccrl_home, monkeypat
     from typer.testing import CliRunner
 
     from ccrl.agent.cli import app
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     from ccrl.agent.cli import eval_cmd
 
@@ -304,7 +304,7 @@ def test_ccrl_eval_shows_the_table_and_plots(store, models, ccrl_home, monkeypat
 
 
 def test_hf_candidate_can_be_left_out_when_the_gguf_is_judged(store, models, tmp_path, monkeypatch):
-    from ccrl.agent.config import get_settings, reset_settings_cache
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
 
     gguf = tmp_path / "candidate.gguf"
     gguf.write_bytes(b"GGUF")  # planning only checks that the file exists; nothing is loaded

@@ -20,9 +20,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import drain, ensure_local_stores
-from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import paths
 from ccrl.hooks.capture import hook_command
 from conftest import HOOK_PAYLOADS, REPO

@@ -17,9 +17,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import drain, ensure_local_stores
-from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import budget, paths
 from ccrl.hooks.capture import capture, hook_command
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.agent import claude_settings
+from ccrl.agent.capture import claude_settings
 from ccrl.agent.cli import app
 from ccrl.hooks import command as hook_commands
 from ccrl.hooks.capture import hook_command
@@ -159,7 +159,7 @@ def test_ccrl_home_is_pinned_whatever_claude_codes_environment_says(home_dirs):
 @pytest.fixture
 def home_dirs(tmp_path, monkeypatch, ccrl_home):
     """A HOME of its own, and a way to run the CLI with a given environment (no CCRL_HOME)."""
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     user = tmp_path / "user"
     user.mkdir()

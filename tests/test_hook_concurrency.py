@@ -25,9 +25,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import func, select
 
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import DrainReport, drain, ensure_local_stores
-from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.agent.capture.drain import DrainReport, drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks import paths
 from ccrl.hooks.capture import hook_command
 

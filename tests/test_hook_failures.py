@@ -34,9 +34,9 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import drain, ensure_local_stores
-from ccrl.agent.models import HookEvent
+from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent
 from ccrl.hooks import paths
 from ccrl.hooks.capture import hook_command
 
@@ -240,7 +240,7 @@ DISK_FULL_SCENARIO = textwrap.dedent("""
     import errno, json, os, subprocess, sys
     home = os.environ["CCRL_HOME"]
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "ccrl-full", home], check=True)
-    from ccrl.agent.drain import drain, ensure_local_stores
+    from ccrl.agent.capture.drain import drain, ensure_local_stores
     from ccrl.hooks import paths
     from ccrl.hooks.capture import hook_command
     ensure_local_stores()
@@ -263,8 +263,8 @@ DISK_FULL_SCENARIO = textwrap.dedent("""
     os.unlink(filler)  # space again
     report = drain()
     from sqlmodel import Session, select
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import HookEvent
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import HookEvent
     with Session(get_engine()) as db:
         stored = sorted(e.tool_use_id for e in db.exec(select(HookEvent)).all())
     print(json.dumps({"spooled": {d: len(v) for d, v in where.items()}, "report": report.as_dict(),

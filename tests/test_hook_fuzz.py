@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from sqlmodel import Session as DBSession
 from sqlmodel import func, select
 
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import drain, ensure_local_stores
-from ccrl.agent.models import HookEvent, Quarantine
+from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine
 from ccrl.hooks.budget import EVENT_BUDGET_BYTES, TRUNCATED_KEY
 from ccrl.hooks.capture import hook_command
 

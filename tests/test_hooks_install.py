@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.agent import claude_settings
-from ccrl.agent.claude_settings import HOOK_EVENTS, SettingsFileError
+from ccrl.agent.capture import claude_settings
+from ccrl.agent.capture.claude_settings import HOOK_EVENTS, SettingsFileError
 from ccrl.agent.cli import app
 from ccrl.hooks import command as hook_commands
 
@@ -642,7 +642,7 @@ def test_hooks_command_prints_the_exact_command(ccrl_home):
 def test_with_the_default_data_dir_the_command_still_pins_ccrl_home(home, monkeypatch):
     """No CCRL_HOME anywhere: the command pins the XDG default of the installing shell, and
     the hook writes there from Claude Code's environment (see also test_hook_command.py)."""
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     monkeypatch.delenv("CCRL_HOME")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)

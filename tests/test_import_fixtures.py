@@ -19,10 +19,10 @@ from sqlmodel import Session as DBSession
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from ccrl.agent.config import get_settings
-from ccrl.agent.db import get_engine
-from ccrl.agent.importer import import_transcripts
-from ccrl.agent.models import Quarantine, ToolCall, Trace
+from ccrl.agent.capture.importer import import_transcripts
+from ccrl.agent.core.config import get_settings
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import Quarantine, ToolCall, Trace
 from conftest import TRANSCRIPTS
 
 # file → (main-conversation traces, subagent traces), checked by reading each transcript:
@@ -248,7 +248,7 @@ def test_import_before_any_claude_code_session_says_there_is_nothing_yet(ccrl_ho
     the README's `ccrl import` on a new machine is no error, and says why nothing came in. A
     folder the user names that does not exist still is one (above)."""
     from ccrl.agent.cli import app
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     monkeypatch.setenv("CCRL_TRANSCRIPT_ROOT", str(tmp_path / "no-claude-yet" / "projects"))
     reset_settings_cache()

@@ -21,11 +21,11 @@ import pytest
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent.config import get_settings
-from ccrl.agent.db import get_engine
-from ccrl.agent.ingest import rebuild_changed_sessions
-from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
-from ccrl.agent.records import trace_json
+from ccrl.agent.capture.ingest import rebuild_changed_sessions
+from ccrl.agent.core.config import get_settings
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Quarantine, Session, ToolCall, Trace
+from ccrl.agent.store.records import trace_json
 from conftest import HOOK_PAYLOADS
 
 T0 = datetime(2026, 2, 10, 10, 0, 0, tzinfo=timezone.utc)
@@ -343,7 +343,7 @@ def test_hook_only_trace_merges_with_the_transcript_that_appears_later(ccrl_home
 
 
 def test_import_merges_with_hook_captured_data_of_the_same_session(ccrl_home, tmp_path):
-    from ccrl.agent.importer import import_transcripts
+    from ccrl.agent.capture.importer import import_transcripts
 
     s = Scenario(tmp_path)
     s.prompt("list the tests", 0)
@@ -616,8 +616,8 @@ def test_ingest_end_to_end_from_the_real_hook_command(ccrl_home, tmp_path):
     inbox; ingest() drains them and builds the trace with the transcript."""
     import subprocess
 
-    from ccrl.agent.drain import ensure_local_stores
-    from ccrl.agent.ingest import ingest
+    from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.capture.ingest import ingest
     from ccrl.hooks.capture import hook_command
 
     settings = get_settings()

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from ccrl.agent.logging_setup import LIBRARY_NOISE, silence_library_noise
+from ccrl.trainers.library_noise import LIBRARY_NOISE, silence_library_noise
 
 KERNELS = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
@@ -28,7 +28,7 @@ def test_importing_bitsandbytes_prints_nothing_once_silenced():
     """Where the CPU makes bitsandbytes warn (AVX512-BF16, no `kernels` package), the import is
     silent after ``silence_library_noise``; where it does not warn, both are silent."""
     plain = subprocess.run([sys.executable, "-c", "import bitsandbytes"], capture_output=True, text=True, timeout=300)
-    quiet = subprocess.run([sys.executable, "-c", "from ccrl.agent.logging_setup import silence_library_noise; "
+    quiet = subprocess.run([sys.executable, "-c", "from ccrl.trainers.library_noise import silence_library_noise; "
                             "silence_library_noise(); import bitsandbytes"], capture_output=True, text=True, timeout=300)
     assert plain.returncode == quiet.returncode == 0, plain.stderr + quiet.stderr
     assert KERNELS not in quiet.stderr

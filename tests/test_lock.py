@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from ccrl.agent.lock import INHERITED_FD_ENV, LockBusy, agent_lock, manual_command, pipeline_lock
+from ccrl.agent.core.lock import INHERITED_FD_ENV, LockBusy, agent_lock, manual_command, pipeline_lock
 
 HOLD_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from ccrl.agent.lock import pipeline_lock
+    from ccrl.agent.core.lock import pipeline_lock
     lock = pipeline_lock(Path(sys.argv[1]))
     lock.acquire("cycle 3: sft", agent=True, cycle=3)
     print("held", flush=True)
@@ -90,7 +90,7 @@ def test_reentrant_and_inherited_by_a_child(tmp_path):
     child = textwrap.dedent(
         f"""
         from pathlib import Path
-        from ccrl.agent.lock import pipeline_lock, LockBusy
+        from ccrl.agent.core.lock import pipeline_lock, LockBusy
         # Without the inherited descriptor, the child is refused like anyone else...
         import os
         fd = os.environ.pop("{INHERITED_FD_ENV}")

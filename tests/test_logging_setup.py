@@ -14,7 +14,7 @@ import struct
 import pytest
 import structlog
 
-from ccrl.agent.logging_setup import configure_logging, detect_mode, journal_field_name
+from ccrl.agent.core.logging_setup import configure_logging, detect_mode, journal_field_name
 
 
 def _parse_entry(data: bytes) -> dict[str, bytes]:

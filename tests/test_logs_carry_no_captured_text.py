@@ -75,11 +75,11 @@ def _drain_socket(sock: socket.socket) -> list[bytes]:
 
 
 def _pipeline() -> None:
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.drain import ensure_local_stores
-    from ccrl.agent.ingest import ingest
-    from ccrl.agent.purge import PurgeTarget, execute_purge
-    from ccrl.agent.purge_derived import remove_derived
+    from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.purge import PurgeTarget, execute_purge
+    from ccrl.agent.operations.purge_derived import remove_derived
 
     settings = get_settings()
     ensure_local_stores(settings)
@@ -96,7 +96,7 @@ def _pipeline() -> None:
 def test_drain_ingest_and_purge_log_no_captured_text(ccrl_home, tmp_path, monkeypatch, journal, mode):
     import structlog
 
-    from ccrl.agent.logging_setup import configure_logging
+    from ccrl.agent.core.logging_setup import configure_logging
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     path, sock = journal
@@ -113,8 +113,8 @@ def test_drain_ingest_and_purge_log_no_captured_text(ccrl_home, tmp_path, monkey
 
 
 def test_agent_once_as_systemd_runs_it_logs_no_captured_text(ccrl_home, tmp_path, monkeypatch):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.drain import ensure_local_stores
+    from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.core.config import get_settings
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     ensure_local_stores(get_settings())

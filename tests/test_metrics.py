@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from ccrl.agent.conversation import render_assistant_text, trace_to_messages, tools_for_trace
 from ccrl.trainers import metrics as m
+from ccrl.trainers.conversation import render_assistant_text, trace_to_messages, tools_for_trace
 
 
 def _call(i: int, name: str, args: dict) -> dict:

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
-import ccrl.agent.models  # noqa: F401  (registers the tables)
-from ccrl.agent.migration_transactions import PAUSE_ENV
-from ccrl.agent.migrations import MIGRATIONS, applied, migrate
+import ccrl.agent.store.models  # noqa: F401  (registers the tables)
+from ccrl.agent.store.migration_transactions import PAUSE_ENV
+from ccrl.agent.store.migrations import MIGRATIONS, applied, migrate
 from migration_helpers import wait_for_pause
 
 
@@ -85,7 +85,7 @@ def test_traces_the_last_cycle_covered_stay_covered(tmp_path):
 # runner's test pause point (CCRL_TEST_PAUSE_IN_MIGRATION) stops one inside a real migration,
 # right after its first write, with its transaction open.
 
-START_STORE = "from ccrl.agent.db import get_engine; get_engine(); print('started')"
+START_STORE = "from ccrl.agent.store.db import get_engine; get_engine(); print('started')"
 
 
 def _start_store(home, pause: str | None = None) -> subprocess.Popen:
@@ -182,8 +182,8 @@ def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path):
 def test_the_rest_of_the_app_keeps_its_transactions_after_migrating(ccrl_home):
     """The migrating connection goes back to the pool as it came: pysqlite's own transaction
     handling and the engine's busy timeout (a session's write still rolls back on error)."""
-    from ccrl.agent.db import get_engine, session_scope
-    from ccrl.agent.models import Session
+    from ccrl.agent.store.db import get_engine, session_scope
+    from ccrl.agent.store.models import Session
 
     engine = get_engine()
     with engine.connect() as conn:
@@ -201,7 +201,7 @@ def test_a_migrated_store_is_only_read_at_start(tmp_path, monkeypatch):
     """Nothing pending: no write lock is taken, so a command starting while the agent holds a long
     write transaction does not wait for it (here the wait for the lock is cut to 0.1 s: taking
     it would fail with "database is locked")."""
-    import ccrl.agent.migration_transactions as migration_transactions
+    import ccrl.agent.store.migration_transactions as migration_transactions
 
     db = tmp_path / "m.db"
     engine = create_engine(f"sqlite:///{db}")

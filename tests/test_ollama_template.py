@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from ccrl.agent.conversation import ToolCatalog, parse_assistant_text, tool_arguments, trace_to_messages
 from ccrl.trainers import chat_templates
+from ccrl.trainers.conversation import ToolCatalog, parse_assistant_text, tool_arguments, trace_to_messages
 from ccrl.trainers.ollama_template import (
     FAMILIES,
     detect_family,

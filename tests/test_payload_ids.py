@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ccrl.agent.payload_ids import payload_ids
+from ccrl.agent.store.payload_ids import payload_ids
 
 EVENT = {"session_id": "s-1", "transcript_path": "/t/s-1.jsonl", "cwd": "/work/a \"quoted\" \\ dir",
          "hook_event_name": "PostToolUse", "tool_input": {"cwd": "/elsewhere", "session_id": "not-this-one"},

@@ -18,10 +18,10 @@ COPY_TRACE = text(
 
 
 def test_a_trace_committed_after_the_cycle_started_counts_for_the_next(pg_home):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.cycle import CycleEngine, max_trace_id, threshold
-    from ccrl.agent.db import get_engine, session_scope
-    from ccrl.agent.models import Cycle
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.daemon.cycle import CycleEngine, max_trace_id, threshold
+    from ccrl.agent.store.db import get_engine, session_scope
+    from ccrl.agent.store.models import Cycle
 
     settings = get_settings()
     ids = add_usable_traces(settings, 50)

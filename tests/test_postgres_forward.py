@@ -31,11 +31,11 @@ def _payload(session: str, n: int, cwd: str) -> bytes:
 
 
 def test_server_down_keeps_events_local_and_resending_is_harmless(pg_home, pg_server, tmp_path):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.drain import drain, ensure_local_stores
-    from ccrl.agent.forward import FIRST_BACKOFF_S, Forwarder
-    from ccrl.agent.ingest import ingest
+    from ccrl.agent.capture.drain import drain, ensure_local_stores
+    from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.daemon.forward import FIRST_BACKOFF_S, Forwarder
+    from ccrl.agent.store.db import get_engine
     from ccrl.hooks.inbox import append
 
     settings = get_settings()

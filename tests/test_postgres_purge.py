@@ -15,9 +15,9 @@ T0 = 1_770_000_000.0  # 2026-02-02T02:40:00Z
 
 def _capture(monkeypatch, member: str, host: str, session: str, cwd: str, start: float, prompts: int) -> None:
     """What ``member``'s hooks and agent on ``host`` do: append to the inbox, then ingest."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.drain import ensure_local_stores
-    from ccrl.agent.ingest import ingest
+    from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.config import get_settings
     from ccrl.hooks.inbox import append
 
     monkeypatch.setenv("CCRL_MEMBER", member)
@@ -41,7 +41,7 @@ def _counts(engine) -> dict[tuple[str, str], tuple[int, int, int]]:
 
 def test_a_member_purges_only_their_own_data(pg_home, monkeypatch, tmp_path):
     from ccrl.agent.cli import app
-    from ccrl.agent.db import get_engine
+    from ccrl.agent.store.db import get_engine
 
     project = str(tmp_path / "shared-project")  # both work in the same checkout path
     _capture(monkeypatch, "alice", "alice-laptop", "a1", project, T0, 3)
@@ -86,7 +86,7 @@ def test_the_summary_says_what_postgresql_cannot_reclaim_and_it_is_true(pg_home,
     data directory) until VACUUM FULL, as the summary says; the summary names that, the WAL,
     replicas and backups, with what the server reports."""
     from ccrl.agent.cli import app
-    from ccrl.agent.db import get_engine
+    from ccrl.agent.store.db import get_engine
 
     secret = "pg-dead-tuple-7c41e0"
     _capture(monkeypatch, "alice", "alice-laptop", "a1", "/work/p", T0, 1)
@@ -132,8 +132,8 @@ def test_on_a_shared_store_derived_says_which_dataset_rows_are_not_on_this_machi
     """The trainer's dataset folders are on the trainer's machine: a member's purge cannot read
     them, and says so with where to run ``--derived`` instead of claiming nothing holds the data."""
     from ccrl.agent.cli import app
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion
 
     _capture(monkeypatch, "alice", "alice-laptop", "a1", "/work/p", T0, 2)
     with session_scope() as db:

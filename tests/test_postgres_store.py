@@ -20,8 +20,8 @@ from sqlmodel import Session as DBSession
 from sqlmodel import SQLModel, select
 from typer.testing import CliRunner
 
-import ccrl.agent.models  # noqa: F401  (registers the tables)
-from ccrl.agent.migrations import MIGRATIONS, applied, migrate
+import ccrl.agent.store.models  # noqa: F401  (registers the tables)
+from ccrl.agent.store.migrations import MIGRATIONS, applied, migrate
 from conftest import HOOK_PAYLOADS, TRANSCRIPTS
 from migration_helpers import wait_for_pause
 from postgres_helpers import pg_home, pg_server, pg_url  # noqa: F401  (fixtures)
@@ -110,7 +110,7 @@ def test_upgrade_from_an_earlier_schema_keeps_rows(pg_url, upto):
 MIGRATE_SCRIPT = """
 import sys, time
 from sqlalchemy import create_engine
-from ccrl.agent.migrations import migrate
+from ccrl.agent.store.migrations import migrate
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(",".join(migrate(create_engine(sys.argv[1]))))
 """
@@ -166,13 +166,13 @@ def _foreign_columns(engine) -> set[tuple[str, str, str]]:
 PAUSING_MIGRATE_SCRIPT = """
 import sys
 from sqlalchemy import create_engine
-from ccrl.agent.migrations import migrate
+from ccrl.agent.store.migrations import migrate
 print(",".join(migrate(create_engine(sys.argv[1]))), flush=True)
 """
 
 
 def _migrate_in_process(url: str, pause: str | None = None) -> subprocess.Popen:
-    from ccrl.agent.migration_transactions import PAUSE_ENV
+    from ccrl.agent.store.migration_transactions import PAUSE_ENV
 
     env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
     if pause is not None:
@@ -221,9 +221,9 @@ def test_cli_import_and_status_on_postgres(pg_home):
     assert info["store"]["error"] is None
     assert (info["store"]["sessions"], info["store"]["traces"], info["store"]["tool_calls"]) == (5, 6, 17)
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import Trace
-    from ccrl.agent.origin import hostname, member
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import Trace
+    from ccrl.agent.store.origin import hostname, member
 
     with DBSession(get_engine()) as db:
         origins = set(db.exec(select(Trace.user_name, Trace.hostname)).all())
@@ -238,7 +238,7 @@ def test_cli_import_and_status_on_postgres(pg_home):
     # the trainer's first step reads the pooled traces into a numbered dataset version
     built = runner.invoke(app, ["build-dataset", "--json"])
     assert built.exit_code == 0, built.output
-    from ccrl.agent.models import DatasetVersion
+    from ccrl.agent.store.models import DatasetVersion
 
     with DBSession(get_engine()) as db:
         [version] = db.exec(select(DatasetVersion)).all()
@@ -257,11 +257,11 @@ def test_hook_events_through_the_inbox_into_postgres(pg_home, pg_server, tmp_pat
     time of an event survives a server whose time zone is not UTC."""
     from sqlalchemy import create_engine as plain_engine
 
+    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.cli import app
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.drain import ensure_local_stores
-    from ccrl.agent.models import HookEvent, ToolCall, Trace
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import HookEvent, ToolCall, Trace
     from ccrl.hooks.inbox import append
 
     settings = get_settings()
@@ -314,9 +314,9 @@ def test_hook_events_through_the_inbox_into_postgres(pg_home, pg_server, tmp_pat
 def test_cutoff_queries_use_utc_whatever_the_server_zone(pg_home, pg_server):
     """``ccrl purge --before`` compares aware datetimes with stored ones: on a server in another
     time zone the comparison still happens in UTC."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import Session
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Session
 
     name = get_settings().db_url.rsplit("/", 1)[1]
     admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")

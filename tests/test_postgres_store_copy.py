@@ -23,10 +23,10 @@ def _local_history(tmp_path) -> None:
     """This data directory's SQLite store with imported transcripts (subagents included), hook
     events through the inbox, one quarantined input, one purge tombstone, and rows from before
     origins were recorded."""
+    from ccrl.agent.capture.drain import ensure_local_stores
     from ccrl.agent.cli import app
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.drain import ensure_local_stores
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import get_engine
     from ccrl.hooks.inbox import append
 
     assert runner.invoke(app, ["import", str(TRANSCRIPTS)]).exit_code == 0
@@ -69,8 +69,8 @@ def _snapshot(url: str) -> dict:
 
 def test_copy_twice_copies_everything_once(ccrl_home, pg_url, tmp_path, monkeypatch):
     from ccrl.agent.cli import app
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.origin import hostname, member
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.origin import hostname, member
 
     _local_history(tmp_path)
     local = _snapshot(get_settings().db_url)
@@ -115,15 +115,15 @@ def test_copy_twice_copies_everything_once(ccrl_home, pg_url, tmp_path, monkeypa
 def test_copy_after_forwarding_adds_only_what_is_missing(ccrl_home, pg_url, tmp_path):
     """Events already forwarded (the same event_key) and traces already rebuilt there (the same
     session and key) are left as they are; the rest of the history is added."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.store_copy import copy_store
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.store_copy import copy_store
 
     _local_history(tmp_path)
     settings = get_settings()
     local = _snapshot(settings.db_url)
     src = create_engine(settings.db_url)
     dst_settings = settings.model_copy(update={"database_url": pg_url})
-    from ccrl.agent.db import get_engine
+    from ccrl.agent.store.db import get_engine
 
     dst = get_engine(dst_settings)  # migrated
     with src.connect() as s, dst.begin() as d:  # "forwarded" earlier: 10 events, one session with its traces
@@ -178,9 +178,9 @@ def test_copy_needs_a_target_and_a_source(ccrl_home, pg_url):
 def test_rows_captured_before_todays_rules_are_redacted_before_they_travel(ccrl_home, pg_url, tmp_path):
     """A local store never re-redacted (captured by an earlier ccrl) copied into a shared store:
     the copied rows carry today's redaction, not the secrets the old rules let through."""
-    from ccrl.agent.drain import ensure_local_stores
-    from ccrl.agent.store_copy import copy_store
-    from ccrl.agent.config import get_settings
+    from ccrl.agent.capture.drain import ensure_local_stores
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.store_copy import copy_store
 
     from test_reredact import _older_store
     from test_secret_bytes import detector_secrets

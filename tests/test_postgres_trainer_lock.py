@@ -21,8 +21,8 @@ COMMANDS = [
 
 def _running_trainer():
     """A TrainerLock held as a running training agent holds it (its own connection)."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.trainer_lock import TrainerLock
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.trainer_lock import TrainerLock
 
     lock = TrainerLock(get_settings())
     assert lock.hold()
@@ -46,8 +46,8 @@ def test_manual_command_refuses_while_a_training_agent_holds_the_lock(pg_home, a
 
 def test_a_free_lock_is_taken_for_the_command_and_given_back(pg_home):
     from ccrl.agent.cli import app
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.trainer_lock import TrainerLock, TrainerLockBusy, manual_trainer_lock
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.trainer_lock import TrainerLock, TrainerLockBusy, manual_trainer_lock
 
     settings = get_settings()
     with manual_trainer_lock(settings) as held:
@@ -68,8 +68,8 @@ def test_a_free_lock_is_taken_for_the_command_and_given_back(pg_home):
 def test_wait_polls_until_the_agent_lets_go(pg_home):
     import threading
 
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.trainer_lock import manual_trainer_lock
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.trainer_lock import manual_trainer_lock
 
     trainer = _running_trainer()
     releaser = threading.Timer(0.5, trainer.release)
@@ -83,9 +83,9 @@ def test_wait_polls_until_the_agent_lets_go(pg_home):
 
 
 def test_an_unreachable_store_is_named_without_its_password(ccrl_home, monkeypatch):
-    from ccrl.agent.config import get_settings, reset_settings_cache
-    from ccrl.agent.db import dispose_engines
-    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
+    from ccrl.agent.store.db import dispose_engines
+    from ccrl.agent.training.trainer_lock import TrainerLockError, manual_trainer_lock
 
     import socket
 
@@ -103,8 +103,8 @@ def test_an_unreachable_store_is_named_without_its_password(ccrl_home, monkeypat
 
 
 def test_a_local_sqlite_store_takes_no_lock(ccrl_home):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.trainer_lock import manual_trainer_lock
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.trainer_lock import manual_trainer_lock
 
     with manual_trainer_lock(get_settings()) as held:
         assert held is None

@@ -20,8 +20,8 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.db import dispose_engines, session_scope
-from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
+from ccrl.agent.store.db import dispose_engines, session_scope
+from ccrl.agent.store.models import HookEvent, Quarantine, Session, ToolCall, Trace
 from ccrl.hooks.inbox import INSERT_SQL, ensure_inbox
 
 S1, S2, S3, S4 = "sess-1-proj-a", "sess-2-proj-a-sub", "sess-3-proj-ab", "sess-4-pending-only"
@@ -350,7 +350,7 @@ def test_ingest_stops_watching_purged_sessions_and_sees_new_events(store):
     """Ingest's bookkeeping must agree with the purged store: no transcript watch or retry for
     purged sessions, and a last-seen event id no higher than what is left (SQLite reuses the
     ids of deleted top rows, and ingest would skip new events that got them)."""
-    from ccrl.agent.ingest import STATE_FILE
+    from ccrl.agent.capture.ingest import STATE_FILE
 
     state_path = store["home"] / STATE_FILE
     watched = {sid: {"path": f"/home/u/.claude/projects/x/{sid}.jsonl", "signature": None, "missing_since": None}
@@ -373,10 +373,10 @@ def test_ingest_stops_watching_purged_sessions_and_sees_new_events(store):
 
 
 def test_purge_waits_for_ingest_and_says_so_when_it_does_not_finish(store):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.ingest import LOCK_FILE
-    from ccrl.agent.lock import FileLock
-    from ccrl.agent.purge import PurgeError, PurgeTarget, execute_purge
+    from ccrl.agent.capture.ingest import LOCK_FILE
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.core.lock import FileLock
+    from ccrl.agent.operations.purge import PurgeError, PurgeTarget, execute_purge
 
     before = left(store["home"])
     with FileLock(store["home"] / LOCK_FILE, name="ingest").hold("ingest"):

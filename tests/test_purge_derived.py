@@ -35,9 +35,9 @@ PURGED = "sess-00003"  # the session purged: only in dataset v2
 def _run(settings, *, phase: str, dataset_id: int, parent: int | None, base: Path) -> int:
     """A finished training run as ``training.py``/``rl_training.py`` record it, with its folder
     (``CCRL_HOME/models/<phase>/run-<id>``: a checkpoint and the merged model)."""
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun, utcnow
-    from ccrl.agent.training import models_dir
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun, utcnow
+    from ccrl.agent.training.training import models_dir
 
     with session_scope(settings) as db:
         run = TrainingRun(phase=phase, status="running", dataset_version_id=dataset_id, parent_run_id=parent,
@@ -55,9 +55,9 @@ def _run(settings, *, phase: str, dataset_id: int, parent: int | None, base: Pat
 def _model_version(settings, info: dict, number: int, *, sft: int, rl: int | None, dataset_id: int) -> None:
     """A model version as ``ccrl export`` records it, evaluated as the gate leaves it (passed, on
     exactly these weights), so ``deploy_version`` takes it."""
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion
-    from ccrl.agent.versions import add_history, gguf_dir
+    from ccrl.agent.release.versions import add_history, gguf_dir
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion
     from ccrl.trainers.evaluate import weights_digest
 
     quant = ("q8_0", "q4_k_m", "f16")[number - 1]
@@ -81,9 +81,9 @@ def _model_version(settings, info: dict, number: int, *, sft: int, rl: int | Non
 def _evaluation(settings, dataset, *, subject: str, model_version_id: int | None) -> int:
     """An evaluation as the gate records it: a row and its details file, whose plans are the
     dataset version's held-out prompts."""
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.gate import evals_dir
-    from ccrl.agent.models import Evaluation
+    from ccrl.agent.evaluation.gate import evals_dir
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Evaluation
     from ccrl.trainers.evaluate import ModelEvaluation, write_details
 
     plans = []
@@ -114,11 +114,11 @@ def lineage(ccrl_home, shared, ollama_server):
     - evaluations: the base on v2, model v3 on v1, model v1 on v1; an A/B vote on the first;
     - cycle 1: dataset v2, run 2, run 3, model v2.
     """
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.datasets import build_dataset
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.deploy import deploy_version
-    from ccrl.agent.models import ABVote, Cycle, DatasetVersion, ModelVersion, Trace
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.datasets.datasets import build_dataset
+    from ccrl.agent.release.deploy import deploy_version
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ABVote, Cycle, DatasetVersion, ModelVersion, Trace
 
     settings = get_settings()
     info = overfit_gguf(shared)
@@ -174,7 +174,7 @@ def _ollama_models() -> dict[str, str]:
 
 
 def _rows(home: Path) -> dict[str, set]:
-    from ccrl.agent.db import dispose_engines
+    from ccrl.agent.store.db import dispose_engines
 
     dispose_engines()
     db = sqlite3.connect(home / "ccrl.db")

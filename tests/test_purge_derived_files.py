@@ -30,10 +30,10 @@ def _purge(*args: str) -> dict:
 
 
 def test_before_purge_then_derived_alone(ccrl_home, tmp_path):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.datasets import build_dataset
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion, Session, Trace, TrainingRun
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.datasets.datasets import build_dataset
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion, Session, Trace, TrainingRun
 
     settings = get_settings()
     ids = add_usable_traces(settings, 6)  # sess-00000: ids[0:3], sess-00001: ids[3:6]

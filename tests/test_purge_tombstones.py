@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 from sqlmodel import Session as DBSession
 from sqlmodel import func, select
 
-from ccrl.agent.config import get_settings
-from ccrl.agent.db import get_engine
-from ccrl.agent.importer import import_transcripts
-from ccrl.agent.ingest import rebuild_session
-from ccrl.agent.models import HookEvent, Trace
-from ccrl.agent.purge import PurgeTarget, execute_purge
+from ccrl.agent.capture.importer import import_transcripts
+from ccrl.agent.capture.ingest import rebuild_session
+from ccrl.agent.core.config import get_settings
+from ccrl.agent.operations.purge import PurgeTarget, execute_purge
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Trace
 
 from conftest import TRANSCRIPTS
 

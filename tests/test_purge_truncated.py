@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ccrl.agent.capture.drain import drain, ensure_local_stores
 from ccrl.agent.cli import app
-from ccrl.agent.config import get_settings
-from ccrl.agent.db import dispose_engines
-from ccrl.agent.drain import drain, ensure_local_stores
+from ccrl.agent.core.config import get_settings
+from ccrl.agent.store.db import dispose_engines
 from ccrl.hooks.capture import hook_command
 
 S1, SUB, OTHER = "sess-trunc-1", "sess-trunc-sub", "sess-trunc-other"

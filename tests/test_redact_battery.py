@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent.drain import ensure_local_stores
+from ccrl.agent.capture.drain import ensure_local_stores
 from ccrl.hooks.redact import redact_bytes, redact_obj, redact_text
 from redact_cases import ORDINARY_CASES, SECRET_CASES, adversarial_inputs
 
@@ -243,8 +243,8 @@ def test_battery_through_the_installed_hook_then_drain_and_ingest_leaves_no_secr
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import HookEvent, Quarantine
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import HookEvent, Quarantine
 
     with DBSession(get_engine()) as db:
         events = list(db.exec(select(HookEvent)).all())
@@ -295,8 +295,8 @@ def test_battery_through_ccrl_import_leaves_no_secret_on_disk(home, tmp_path):
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import Trace
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import Trace
 
     with DBSession(get_engine()) as db:
         prompts = [t.prompt for t in db.exec(select(Trace)).all()]

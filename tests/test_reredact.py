@@ -15,11 +15,11 @@ from sqlalchemy import text
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent import reredact
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import ensure_local_stores
-from ccrl.agent.ingest import ingest
-from ccrl.agent.models import (
+from ccrl.agent.capture import reredact
+from ccrl.agent.capture.drain import ensure_local_stores
+from ccrl.agent.capture.ingest import ingest
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import (
     DatasetVersion,
     HookEvent,
     ModelVersion,

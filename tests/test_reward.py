@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent import conversation as conv
-from ccrl.agent.signals import extract_signals
+from ccrl.trainers import conversation as conv
 from ccrl.trainers import reward as R
+from ccrl.trainers.signals import extract_signals
 
 
 def call(name: str, **args) -> dict:
@@ -50,7 +50,7 @@ def scores(text: str, ref: R.Reference = REF) -> dict[str, float]:
 
 
 def test_weights_follow_the_design_and_the_config():
-    from ccrl.agent.config import RewardSettings
+    from ccrl.agent.core.config import RewardSettings
 
     w = R.RewardWeights()
     assert w.as_list() == [0.25, 0.20, 0.20, 0.15, 0.20] and abs(sum(w.as_list()) - 1) < 1e-9
@@ -364,9 +364,9 @@ def _fixture_rl_rows() -> tuple[list[dict], list[dict]]:
     """The RL prompt set's train and eval rows built from the fixture transcripts (needs ``ccrl_home``)."""
     from conftest import TRANSCRIPTS
 
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.datasets import build_dataset
-    from ccrl.agent.importer import import_transcripts
+    from ccrl.agent.capture.importer import import_transcripts
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.datasets.datasets import build_dataset
 
     import_transcripts(TRANSCRIPTS)
     version = build_dataset(get_settings())

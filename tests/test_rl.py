@@ -25,11 +25,11 @@ import trl  # noqa: E402,F401  (the [train] extra is part of the test environmen
 
 import torch  # noqa: E402
 
-from ccrl.agent import conversation as conv  # noqa: E402
-from ccrl.agent.signals import extract_signals  # noqa: E402
+from ccrl.trainers import conversation as conv  # noqa: E402
 from ccrl.trainers import reward as R  # noqa: E402
 from ccrl.trainers.base_models import build_tiny_llama  # noqa: E402
 from ccrl.trainers.chat_templates import attach_template, load_template, read_template_info, save_template  # noqa: E402
+from ccrl.trainers.signals import extract_signals  # noqa: E402
 from ccrl.trainers.rl import (  # noqa: E402
     WHAT_RUNS,
     RLConfig,
@@ -462,8 +462,8 @@ def _sft_dataset(path: Path) -> Path:
 
 
 def _add_version(number: int, path: Path) -> int:
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion
 
     with session_scope() as session:
         version = DatasetVersion(number=number, path=str(path))
@@ -476,9 +476,8 @@ AGENT_OPTIONS = {"episodes": 4, "num_generations": 2, "max_completion_length": 2
 
 
 def test_agent_runs_rl_on_the_latest_sft_model_and_resumes_it(ccrl_home, models, tmp_path):
-    from ccrl.agent.child import StepStopped
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.training import TrainingError, resumable_run, run_training
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.training import TrainingError, TrainingStopped, resumable_run, run_training
 
     with pytest.raises(TrainingError, match="no completed SFT run"):
         run_training("rl")
@@ -492,7 +491,7 @@ def test_agent_runs_rl_on_the_latest_sft_model_and_resumes_it(ccrl_home, models,
         run_training("rl", options={"episode": 3})
 
     # A stop request after the first step: the run is interrupted, then resumed by the next start.
-    with pytest.raises(StepStopped, match="step 1 of 2"):
+    with pytest.raises(TrainingStopped, match="step 1 of 2"):
         run_training("rl", options=AGENT_OPTIONS, progress_bar=False, emit=lambda e: None, should_stop=lambda: True)
     interrupted = resumable_run(get_settings(), "rl", None)
     assert interrupted is not None and interrupted.status == "interrupted"
@@ -518,7 +517,7 @@ def test_ccrl_train_phase_rl_and_ppo(ccrl_home, models, tmp_path):
     from typer.testing import CliRunner
 
     from ccrl.agent.cli import app
-    from ccrl.agent.training import run_training
+    from ccrl.agent.training.training import run_training
 
     runner = CliRunner()
     help_text = " ".join(runner.invoke(app, ["train", "--help"]).output.split())
@@ -543,8 +542,8 @@ def test_ccrl_train_phase_rl_and_ppo(ccrl_home, models, tmp_path):
     from rich.console import Console
 
     from ccrl.agent.cli import train as train_cli
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
 
     with session_scope() as session:
         row = session.get(TrainingRun, run["id"])

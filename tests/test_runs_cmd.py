@@ -9,10 +9,10 @@ from datetime import timedelta
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.config import Settings
-from ccrl.agent.cycle import plan_steps
-from ccrl.agent.db import session_scope
-from ccrl.agent.models import Cycle, DatasetVersion, ModelVersion, TrainingRun, utcnow
+from ccrl.agent.core.config import Settings
+from ccrl.agent.daemon.cycle import plan_steps
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Cycle, DatasetVersion, ModelVersion, TrainingRun, utcnow
 
 runner = CliRunner()
 

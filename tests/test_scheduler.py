@@ -25,10 +25,10 @@ import trl  # noqa: E402,F401  (the [train] extra is part of the test environmen
 
 from sqlmodel import select  # noqa: E402
 
-from ccrl.agent.config import Settings  # noqa: E402
-from ccrl.agent.db import session_scope  # noqa: E402
-from ccrl.agent.models import Cycle, DatasetVersion, Evaluation, TrainingRun  # noqa: E402
-from ccrl.agent.scheduler import read_state  # noqa: E402
+from ccrl.agent.core.config import Settings  # noqa: E402
+from ccrl.agent.daemon.scheduler import read_state  # noqa: E402
+from ccrl.agent.store.db import session_scope  # noqa: E402
+from ccrl.agent.store.models import Cycle, DatasetVersion, Evaluation, TrainingRun  # noqa: E402
 from ccrl.trainers.base_models import build_tiny_llama  # noqa: E402
 
 from agent_helpers import add_usable_traces  # noqa: E402
@@ -200,7 +200,7 @@ def sft_training(settings: Settings) -> bool:
 def read_progress(home: Path, cycle_id: int) -> dict[str, Any] | None:
     import json
 
-    from ccrl.agent.child import progress_path
+    from ccrl.agent.daemon.child import progress_path
 
     path = progress_path(home, cycle_id, "sft")
     return json.loads(path.read_text()) if path.exists() else None

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from ccrl.agent.sdnotify import Notifier
+from ccrl.agent.daemon.sdnotify import Notifier
 
 
 @pytest.fixture

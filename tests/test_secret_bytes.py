@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from sqlmodel import Session as DBSession
 from sqlmodel import select
 
-from ccrl.agent import deep_redact
-from ccrl.agent.db import get_engine
-from ccrl.agent.drain import drain, ensure_local_stores
-from ccrl.agent.importer import import_transcripts
-from ccrl.agent.models import HookEvent, Trace
+from ccrl.agent.capture import deep_redact
+from ccrl.agent.capture.drain import drain, ensure_local_stores
+from ccrl.agent.capture.importer import import_transcripts
+from ccrl.agent.store.db import get_engine
+from ccrl.agent.store.models import HookEvent, Trace
 from ccrl.hooks import inbox, paths
 
 from conftest import TRANSCRIPTS

@@ -21,7 +21,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent.secrets_display import MASK, is_secret_name, mask_setting, mask_url, scrub_password, scrub_urls
+from ccrl.agent.core.secrets_display import MASK, is_secret_name, mask_setting, mask_url, scrub_password, scrub_urls
 
 # (URL, its secret as written (then decoded, when that differs), the URL as shown)
 URLS = [
@@ -177,7 +177,7 @@ def _log_credentials() -> None:
 @pytest.fixture
 def store_url(ccrl_home, monkeypatch):
     """The agent's store is the (malformed) URL of SECRET_IN_ERROR."""
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     monkeypatch.setenv("CCRL_DATABASE_URL", "postgresql//ccrl:s3cretpw@db.example/ccrl")
     reset_settings_cache()
@@ -187,7 +187,7 @@ def store_url(ccrl_home, monkeypatch):
 def test_logs_carry_no_credentials(mode, store_url, restore_logging):
     """The store's password, even in a URL too malformed to be recognised, and the credentials
     of any URL or password= value: gone from every log line and traceback."""
-    from ccrl.agent.logging_setup import configure_logging
+    from ccrl.agent.core.logging_setup import configure_logging
 
     stream = io.StringIO()
     configure_logging(mode=mode, stream=stream)
@@ -198,7 +198,7 @@ def test_logs_carry_no_credentials(mode, store_url, restore_logging):
 
 
 def test_journal_entries_carry_no_credentials(tmp_path, store_url, restore_logging):
-    from ccrl.agent.logging_setup import configure_logging
+    from ccrl.agent.core.logging_setup import configure_logging
 
     path = str(tmp_path / "journal.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

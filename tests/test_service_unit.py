@@ -14,10 +14,10 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.config import AgentSettings
+from ccrl.agent.core.config import AgentSettings
 import pytest
 
-from ccrl.agent.service import (
+from ccrl.agent.daemon.service import (
     STOP_TIMEOUT_SEC,
     UNIT_NAME,
     WATCHDOG_SEC,

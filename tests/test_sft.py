@@ -21,9 +21,9 @@ import pytest
 
 import torch
 
-from ccrl.agent.conversation import render_assistant_text
 from ccrl.trainers.base_models import build_tiny_llama, cpu_has_fast_bf16, mixed_precision_bf16
 from ccrl.trainers.chat_templates import load_template, read_template_info
+from ccrl.trainers.conversation import render_assistant_text
 from ccrl.trainers.sft import (
     CPU_NOTICE,
     SFTError,
@@ -342,15 +342,15 @@ def test_resume_after_sigkill_reaches_the_same_total_steps(dataset, tiny_model, 
 @pytest.fixture(autouse=False)
 def small_batches(monkeypatch):
     """Agent runs read [train] settings: one sequence per forward pass keeps them short."""
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     monkeypatch.setenv("CCRL_TRAIN__BATCH_SIZE", "1")
     reset_settings_cache()
 
 
 def _add_version(number: int, path: Path) -> int:
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion
 
     with session_scope() as session:
         version = DatasetVersion(number=number, path=str(path))
@@ -360,10 +360,10 @@ def _add_version(number: int, path: Path) -> int:
 
 
 def test_agent_records_a_completed_run(ccrl_home, small_batches, dataset, tiny_model):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
-    from ccrl.agent.training import run_training
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
+    from ccrl.agent.training.training import run_training
 
     version_id = _add_version(1, dataset)
     with session_scope() as session:  # an interrupted run saved with a setting this version lacks
@@ -396,12 +396,11 @@ def test_agent_records_a_completed_run(ccrl_home, small_batches, dataset, tiny_m
 
 
 def test_agent_resumes_an_interrupted_run(ccrl_home, small_batches, dataset, tiny_model):
-    from ccrl.agent.child import StepStopped
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.training import resumable_run, run_training
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.training.training import TrainingStopped, resumable_run, run_training
 
     _add_version(1, dataset)
-    with pytest.raises(StepStopped, match="step 1 of 2"):
+    with pytest.raises(TrainingStopped, match="step 1 of 2"):
         run_training("sft", base_model=str(tiny_model), max_steps=2, progress_bar=False, emit=lambda e: None,
                      should_stop=lambda: True)
     interrupted = resumable_run(get_settings(), "sft", None)
@@ -414,11 +413,43 @@ def test_agent_resumes_an_interrupted_run(ccrl_home, small_batches, dataset, tin
     assert any("Resuming SFT run" in e.get("message", "") for e in events)
 
 
+def test_a_stop_request_ends_the_cycle_step_as_stopped(ccrl_home, small_batches, dataset, tiny_model, monkeypatch):
+    """The SFT step as the agent's child runs it: the stop flag its SIGTERM handler sets reaches
+    the trainer, the run is interrupted at a checkpoint, and the step runner ends the step with
+    the child's ``StepStopped`` (training itself knows nothing of the child)."""
+    from ccrl.agent.core.config import get_settings, reset_settings_cache
+    from ccrl.agent.daemon import child, steps
+    from ccrl.agent.daemon.cycle import plan_steps
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Cycle
+    from ccrl.agent.training.training import resumable_run
+
+    monkeypatch.setenv("CCRL_TRAIN__BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("CCRL_TRAIN__MAX_STEPS", "2")
+    reset_settings_cache()
+    settings = get_settings()
+    version_id = _add_version(1, dataset)
+    with session_scope() as session:
+        cycle = Cycle(number=1, status="running", steps=plan_steps(1, settings.agent), step="sft",
+                      dataset_version_id=version_id)
+        session.add(cycle)
+        session.flush()
+        cycle_id = cycle.id
+    child._stop.set()
+    try:
+        with pytest.raises(child.StepStopped, match="step 1 of 2"):
+            steps.run_step("sft", cycle_id, settings)
+    finally:
+        child._stop.clear()
+    interrupted = resumable_run(settings, "sft", 1)
+    assert interrupted is not None and interrupted.status == "interrupted"
+
+
 def test_continuation_starts_from_the_deployed_model_with_new_traces_and_replay(ccrl_home, small_batches, tmp_path, tiny_model):
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion, utcnow
-    from ccrl.agent.training import REPLAY_FRACTION, choose_start, run_training
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion, utcnow
+    from ccrl.agent.training.training import REPLAY_FRACTION, choose_start, run_training
 
     _add_version(1, write_dataset(tmp_path / "v1", n_train=8))
     first = run_training("sft", base_model=str(tiny_model), max_steps=1, progress_bar=False, emit=lambda e: None)
@@ -447,9 +478,9 @@ def test_continuation_starts_from_the_deployed_model_with_new_traces_and_replay(
 def test_agent_errors_are_clear_and_leave_no_row(ccrl_home, dataset, tiny_model):
     from sqlmodel import select
 
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import TrainingRun
-    from ccrl.agent.training import TrainingError, run_training
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import TrainingRun
+    from ccrl.agent.training.training import TrainingError, run_training
 
     with pytest.raises(TrainingError, match="no dataset yet: run `ccrl build-dataset`"):
         run_training("sft", base_model=str(tiny_model))
@@ -467,7 +498,7 @@ def test_ccrl_train_cli(ccrl_home, small_batches, dataset, tiny_model):
     from typer.testing import CliRunner
 
     from ccrl.agent.cli import app
-    from ccrl.agent.lock import pipeline_lock
+    from ccrl.agent.core.lock import pipeline_lock
 
     runner = CliRunner()
     no_data = runner.invoke(app, ["train", "--phase", "sft", "--base-model", str(tiny_model)])

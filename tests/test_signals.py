@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent import signals as sig
-from ccrl.agent.signals import extract_signals
+from ccrl.trainers import signals as sig
+from ccrl.trainers.signals import extract_signals
 
 
 class TraceBuilder:
@@ -371,11 +371,11 @@ def fixture_traces(tmp_path_factory) -> dict[int, dict]:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.config import reset_settings_cache
-    from ccrl.agent.db import dispose_engines, get_engine
-    from ccrl.agent.importer import import_transcripts
-    from ccrl.agent.models import ToolCall, Trace
-    from ccrl.agent.records import trace_json
+    from ccrl.agent.capture.importer import import_transcripts
+    from ccrl.agent.core.config import reset_settings_cache
+    from ccrl.agent.store.db import dispose_engines, get_engine
+    from ccrl.agent.store.models import ToolCall, Trace
+    from ccrl.agent.store.records import trace_json
     from conftest import TRANSCRIPTS
 
     home = tmp_path_factory.mktemp("signals") / "home"

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.db import session_scope
-from ccrl.agent.models import HookEvent, Quarantine, Session, ToolCall, Trace
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import HookEvent, Quarantine, Session, ToolCall, Trace
 from ccrl.hooks.inbox import INSERT_SQL, ensure_inbox
 
 TOP_KEYS = {"data_dir", "database_url", "store", "pending", "last_capture_at", "hooks", "agent"}
@@ -146,7 +146,7 @@ def test_status_of_a_new_data_dir(home, ccrl_home):
 
 
 def test_database_password_is_masked_even_when_the_store_is_unreachable(home, ccrl_home, monkeypatch):
-    from ccrl.agent.config import reset_settings_cache
+    from ccrl.agent.core.config import reset_settings_cache
 
     monkeypatch.setenv("CCRL_DATABASE_URL", "postgresql://ccrl:hunter2@127.0.0.1:9/ccrl")
     reset_settings_cache()

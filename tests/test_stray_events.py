@@ -18,7 +18,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from ccrl.agent import claude_settings, stray_events
+from ccrl.agent.capture import claude_settings, stray_events
 from ccrl.agent.cli import app
 from ccrl.hooks import command as hook_commands
 from ccrl.hooks.inbox import ensure_inbox
@@ -48,8 +48,8 @@ def stray_check(report: dict) -> dict:
 def stored_tool_use_ids() -> list[str]:
     from sqlmodel import Session, select
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import HookEvent
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import HookEvent
 
     with Session(get_engine()) as db:
         return sorted(e.tool_use_id for e in db.exec(select(HookEvent)).all())

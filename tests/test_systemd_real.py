@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from ccrl.agent.service import STOP_TIMEOUT_SEC, UNIT_NAME, journal_args
+from ccrl.agent.daemon.service import STOP_TIMEOUT_SEC, UNIT_NAME, journal_args
 from conftest import HOOK_PAYLOADS, embedded_tokenizer_dir  # noqa: F401  (the tokenizer cache the models need)
 from e2e import scenarios as sc
 from e2e.harness import SCRIPTS_DIR, ClaudeCodeMissing, Sandbox, claude_version, find_claude
@@ -100,7 +100,7 @@ class World:
         return cycle
 
     def sft_progress(self) -> int:
-        from ccrl.agent.child import progress_path
+        from ccrl.agent.daemon.child import progress_path
 
         cycle = self.cycle()
         if cycle is None or cycle["step"] != "sft":
@@ -237,7 +237,7 @@ def test_install_and_start_return_after_ready_with_the_hardening_in_effect(world
 
 def test_the_environment_file_keeps_any_password_intact(world):
     """What ``ccrl service install`` writes is read back by systemd's own parser unchanged."""
-    from ccrl.agent.service import render_env_file
+    from ccrl.agent.daemon.service import render_env_file
 
     password = "p@ss 'w\"o`rd $HOME \\n %h ;#"
     url = f"postgresql+psycopg://ccrl:{password}@db.example.org/ccrl"

@@ -1,5 +1,5 @@
 """The training chat templates (trainers/templates/*.jinja): exact rendering, the one
-conversation format of ccrl.agent.conversation, Arrow's None-for-absent, prefix preservation,
+conversation format of ccrl.trainers.conversation, Arrow's None-for-absent, prefix preservation,
 and assistant-only masks that end on the end-of-turn token.
 
 Real tokenizers only: SmolLM2's (from the embedded GGUF) for ChatML, and the same tokenizer
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccrl.agent.conversation import parse_assistant_text, render_assistant_text, tool_arguments, trace_to_messages
+from ccrl.trainers.conversation import parse_assistant_text, render_assistant_text, tool_arguments, trace_to_messages
 
 from conftest import embedded_tokenizer_dir
 from ccrl.trainers.chat_templates import (

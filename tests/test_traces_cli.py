@@ -10,9 +10,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from ccrl.agent.cli import app
-from ccrl.agent.db import session_scope
-from ccrl.agent.models import Session, ToolCall, Trace
-from ccrl.agent.records import trace_json
+from ccrl.agent.store.db import session_scope
+from ccrl.agent.store.models import Session, ToolCall, Trace
+from ccrl.agent.store.records import trace_json
 
 SESSION_A = "aaaaaaaa-1111-4111-8111-000000000001"
 SESSION_B = "bbbbbbbb-2222-4222-8222-000000000002"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ccrl.agent.transcript import parse_session, parse_transcript, split_reasoning
+from ccrl.agent.capture.transcript import parse_session, parse_transcript, split_reasoning
 
 SESSION = "0b1c2d3e-0000-4000-8000-000000000001"
 T0 = "2026-02-10T10:00:00.000Z"
@@ -307,7 +307,7 @@ def test_subagent_files_link_by_agent_id(tmp_path):
         {**result("x3", "toolu_X", "a\nb", 4), **agent_line},
         {**assistant("x4", "msg_y", text("Report."), 5), **agent_line},
     ])
-    from ccrl.agent.transcript import subagent_files
+    from ccrl.agent.capture.transcript import subagent_files
 
     session = parse_session(main, subagent_files(main))
     [sub] = session.subagent_turns

@@ -9,6 +9,7 @@ hooks out of the way (``python -S``: no ``.pth`` files).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,27 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from first_party import FOLDERS, ROOT, checkout_modules
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-# The three code folders and the package each installs as (pyproject.toml's package-dir).
-FOLDERS = {"hooks": "ccrl.hooks", "agent": "ccrl.agent", "trainers": "ccrl.trainers"}
 # Files that are not code but ship with the package (pyproject.toml's package-data).
 DATA_SUFFIXES = (".jinja", ".yaml", ".json", ".jsonl", ".tar.xz")
-
-
-def checkout_modules() -> list[str]:
-    """Every first-party module in the checkout, by the name it installs as."""
-    names = []
-    for folder, package in FOLDERS.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            parts = path.relative_to(ROOT / folder).with_suffix("").parts
-            if "__pycache__" in parts:
-                continue
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            names.append(".".join((package, *parts)))
-    return names
 
 
 def checkout_data_files() -> list[str]:
@@ -53,9 +39,19 @@ def checkout_data_files() -> list[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built from the checkout and unpacked into a folder of its own."""
+    """The wheel, built from a clean copy of the checkout and unpacked into a folder of its own.
+
+    A copy, because setuptools reuses the checkout's ``build/lib``: a module a previous build put
+    there would ship even when pyproject.toml no longer lists its package."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(ROOT)],
+    source = work / "source"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source)],
                    check=True, capture_output=True, text=True)
     wheels = list((work / "dist").glob("ccrl-*.whl"))
     assert len(wheels) == 1, wheels
@@ -66,7 +62,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_holds_every_module_and_data_file(installed: Path) -> None:
-    modules = checkout_modules()
+    modules = list(checkout_modules())
     assert "ccrl.agent.cli" in modules and "ccrl.hooks.capture" in modules  # the walk found the tree
     missing = [name for name in modules
                if not (installed / Path(*name.split(".")) ).with_suffix(".py").exists()
@@ -78,7 +74,7 @@ def test_the_wheel_holds_every_module_and_data_file(installed: Path) -> None:
 
 
 def test_every_module_imports_from_the_installed_wheel(installed: Path) -> None:
-    modules = checkout_modules()
+    modules = list(checkout_modules())
     # -S: site is not imported, so the editable install's .pth finder never loads; the
     # environment's packages (the dependencies) come after the wheel's folder on sys.path.
     script = (

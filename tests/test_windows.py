@@ -14,8 +14,8 @@ import random
 
 import pytest
 
-from ccrl.agent.conversation import render_assistant_text, trace_to_messages
 from ccrl.trainers.chat_templates import attach_template
+from ccrl.trainers.conversation import render_assistant_text, trace_to_messages
 from ccrl.trainers.sft_windows import WindowStats, fitted_windows, mask_spans, window_examples
 from ccrl.trainers.windows import cut_target, estimate_cost, plan_windows, prompt_window
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ccrl.agent.demo_report import _step_detail, _training_html
-from ccrl.agent.wording import plural
+from ccrl.agent.operations.demo_report import _step_detail, _training_html
+from ccrl.agent.operations.wording import plural
 
 
 def test_plural():

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ccrl.agent import conversation as conv
+from ccrl.trainers import conversation as conv
 from ccrl.trainers.metrics import END, START, Rate, rate
 
 MIN_PER_CLASS = 4

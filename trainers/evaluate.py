@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ccrl.agent.conversation import TRAJECTORY, parse_workflow
 from ccrl.trainers import metrics as m
+from ccrl.trainers.conversation import TRAJECTORY, parse_workflow
 
 Progress = Callable[[dict[str, Any]], None]
 RewardFn = Callable[[list[str], list[dict[str, Any]]], list[float | None]]

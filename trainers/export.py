@@ -21,7 +21,7 @@
    renamed into ``out_dir`` at the end. An interrupted export leaves no half file: its partial
    folder is removed on the way out, or by the next export when the process was killed.
 
-Trainers never touch the database: this returns an :class:`ExportResult`; ``ccrl.agent.versions``
+Trainers never touch the database: this returns an :class:`ExportResult`; ``ccrl.agent.release.versions``
 records it as a model version.
 """
 
@@ -392,7 +392,7 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None, al
 def default_probe() -> list[dict[str, Any]]:
     """The conversation the verification generates from: the agent's system prompt and a
     request any model that learned to answer finishes in a few words."""
-    from ccrl.agent.conversation import system_prompt
+    from ccrl.trainers.conversation import system_prompt
 
     return [{"role": "system", "content": system_prompt([])},
             {"role": "user", "content": "Say hello in one short sentence."}]

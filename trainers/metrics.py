@@ -53,7 +53,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccrl.agent.conversation import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, estimate_tokens, parse_assistant_text,
+from ccrl.trainers.conversation import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, estimate_tokens, parse_assistant_text,
                                      render_assistant_text)
 from ccrl.trainers.windows import DEFAULT_SHORTENED_RESULT_TOKENS, prompt_window
 

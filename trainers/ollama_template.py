@@ -32,7 +32,7 @@ what the templates account for:
 - The tool list (``.Tools``) is written one JSON object per line with Ollama's encoder (compact,
   Ollama's field order, properties sorted); the text around it is the training template's.
 
-Pure module: no heavy imports (``ccrl.agent.conversation`` is pure too).
+Pure module: no heavy imports (``ccrl.trainers.conversation`` is pure too).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ccrl.agent.conversation import tool_arguments
+from ccrl.trainers.conversation import tool_arguments
 
 # Shared by both families: the tool list block, written the way the training templates write it
 # (header, one JSON object per line, the call syntax), with Ollama's JSON encoder for each tool.
@@ -186,14 +186,14 @@ def strip_generation_markers(chat_template: str) -> str:
 
 def ollama_arguments_json(arguments: dict[str, Any]) -> str:
     """A tool call's arguments exactly as Ollama prints ``{{ .Function.Arguments }}``: ccrl's
-    canonical form, :func:`ccrl.agent.conversation.tool_arguments` (see there)."""
+    canonical form, :func:`ccrl.trainers.conversation.tool_arguments` (see there)."""
     if not isinstance(arguments, dict):
         raise TypeError(f"tool-call arguments must be a JSON object, not {type(arguments).__name__}")
     return tool_arguments(arguments)
 
 
 def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training-format messages (``ccrl.agent.conversation``) as Ollama chat API messages.
+    """Training-format messages (``ccrl.trainers.conversation``) as Ollama chat API messages.
 
     A call's ``arguments`` JSON string becomes an object (key order kept), a tool result's
     ``name`` becomes ``tool_name``; content is always a string.

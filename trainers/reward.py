@@ -60,8 +60,8 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any
 
-from ccrl.agent import conversation as conv
-from ccrl.agent.signals import DEPTHS, depth_from_counts, extract_signals, tool_category
+from ccrl.trainers import conversation as conv
+from ccrl.trainers.signals import DEPTHS, depth_from_counts, extract_signals, tool_category
 
 COMPONENTS = ("constraint_adherence", "reasoning_depth", "tool_efficiency", "self_correction", "exploration_fit")
 """The five components, in the order of ``REWARD_FUNCS`` and ``RewardWeights.as_list()``."""

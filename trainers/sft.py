@@ -3,7 +3,7 @@
 ``train_sft(dataset_path, output_dir, model_source, config)`` takes a dataset version (a
 ``datasets`` DatasetDict saved with ``save_to_disk``: a ``messages`` column, optionally a
 ``tools`` JSON-string column, ``train`` and ``eval`` splits) and returns artifacts and metrics.
-It never touches the database; ``ccrl.agent.training`` records runs.
+It never touches the database; ``ccrl.agent.training.training`` records runs.
 
 Output layout (``output_dir`` is ``CCRL_HOME/models/sft/run-<id>/`` when the agent runs it)::
 
@@ -785,8 +785,8 @@ def _main(argv: list[str]) -> int:
     if len(argv) not in (3, 4):
         sys.stderr.write("usage: python -m ccrl.trainers.sft DATASET OUTPUT_DIR MODEL [CONFIG_JSON]\n")
         return 2
-    from ccrl.agent.logging_setup import silence_library_noise
     from ccrl.trainers.distributed import finish, rank_info
+    from ccrl.trainers.library_noise import silence_library_noise
 
     silence_library_noise()  # each rank imports bitsandbytes (through peft)
     config = SFTRunConfig.from_dict(json.loads(argv[3])) if len(argv) == 4 else SFTRunConfig()

@@ -10,9 +10,9 @@ import typer
 
 from ccrl.agent.cli import admin, capture, dataset, hooks_cmd, traces, train
 from ccrl.agent.cli import agent_cmd, config_cmd, runs_cmd, service_cmd
+from ccrl.agent.cli import demo_cmd, doctor_cmd
 from ccrl.agent.cli import eval_cmd
 from ccrl.agent.cli import models_cmd
-from ccrl.agent.cli import demo_cmd, doctor_cmd
 from ccrl.agent.cli import store_cmd
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ app.add_typer(store_cmd.app, name="store")
 
 
 def main() -> None:
-    from ccrl.agent.logging_setup import silence_library_noise
+    from ccrl.trainers.library_noise import silence_library_noise
 
     silence_library_noise()
     app()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ccrl.agent.config import get_settings
+from ccrl.agent.core.config import get_settings
 
 _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
@@ -50,7 +50,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON (stable keys)."),
 ) -> None:
     """What ccrl has captured so far, what is waiting to be ingested, and whether hooks are installed."""
-    from ccrl.agent.status import gather_status
+    from ccrl.agent.operations.status import gather_status
 
     info = gather_status(get_settings(), project_dir)
     if as_json:
@@ -74,7 +74,7 @@ def status(
     table.add_row("last capture", info["last_capture_at"] or "never")
     for scope, item in info["hooks"].items():
         table.add_row(f"hooks ({scope})", _hooks_label(item))
-    from ccrl.agent.agent_status import agent_rows
+    from ccrl.agent.daemon.agent_status import agent_rows
 
     for label, value in agent_rows(info["agent"]):
         table.add_row(label, escape(value))

@@ -14,7 +14,7 @@ app = typer.Typer(help="The always-on agent: ingest, train at thresholds, export
 
 
 def _settings() -> Any:
-    from ccrl.agent.config import get_settings
+    from ccrl.agent.core.config import get_settings
 
     try:
         return get_settings()
@@ -33,8 +33,8 @@ def run(
     ),
 ) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C (the systemd unit's ExecStart)."""
-    from ccrl.agent.logging_setup import configure_logging
-    from ccrl.agent.scheduler import ROLES, Agent
+    from ccrl.agent.core.logging_setup import configure_logging
+    from ccrl.agent.daemon.scheduler import ROLES, Agent
 
     if role not in ROLES:
         Console(stderr=True).print(f"[red]error:[/red] --role {role!r}: use one of {', '.join(ROLES)}.",
@@ -48,22 +48,22 @@ def run(
 @app.command("once")
 def once(as_json: bool = typer.Option(False, "--json", help="Print the cycle as JSON.")) -> None:
     """Ingest, then run one full cycle now (or finish the open one), whatever the thresholds say."""
-    from ccrl.agent.cycle import cycle_json
-    from ccrl.agent.lock import pipeline_lock
-    from ccrl.agent.logging_setup import configure_logging
-    from ccrl.agent.scheduler import run_once
+    from ccrl.agent.core.lock import pipeline_lock
+    from ccrl.agent.core.logging_setup import configure_logging
+    from ccrl.agent.daemon.cycle import cycle_json
+    from ccrl.agent.daemon.scheduler import run_once
 
     settings = _settings()
     configure_logging(settings.agent.log_level)
     err = Console(stderr=True)
     holder = pipeline_lock(settings.home).holder()
     if holder is not None:
-        from ccrl.agent.lock import busy_message
+        from ccrl.agent.core.lock import busy_message
 
         err.print(f"[red]error:[/red] {busy_message(holder)}; try again when it is done "
                   "(`ccrl agent status` shows progress).", highlight=False)
         raise typer.Exit(1)
-    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
+    from ccrl.agent.training.trainer_lock import TrainerLockError, manual_trainer_lock
 
     try:
         # On a shared store, a cycle by hand must not race the training agent's own cycles.
@@ -73,7 +73,7 @@ def once(as_json: bool = typer.Option(False, "--json", help="Print the cycle as 
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     if cycle is None:
-        from ccrl.agent.agent_status import agent_status
+        from ccrl.agent.daemon.agent_status import agent_status
 
         th = agent_status(settings)["threshold"]
         message = f"No cycle: no new {th['basis']} since the last cycle." if th["new"] == 0 else \
@@ -118,7 +118,7 @@ def _print_cycle(console: Console, data: dict[str, Any]) -> None:
 @app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Is the agent running, what is it doing, how far is the next cycle, what happened last."""
-    from ccrl.agent.agent_status import agent_status
+    from ccrl.agent.daemon.agent_status import agent_status
 
     report = agent_status(_settings())
     if as_json:

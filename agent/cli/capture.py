@@ -1,6 +1,6 @@
 """Top-level capture commands: ``ccrl ingest`` and ``ccrl import [PATH]``.
 
-The work happens in ``ccrl.agent.ingest`` and ``ccrl.agent.importer``, imported inside the
+The work happens in ``ccrl.agent.capture.ingest`` and ``ccrl.agent.capture.importer``, imported inside the
 commands so ``ccrl --help`` stays fast.
 """
 
@@ -49,8 +49,8 @@ def ingest_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Store captured hook events (inbox and spool) and rebuild the traces of changed sessions."""
-    from ccrl.agent.ingest import ingest
-    from ccrl.agent.lock import LockBusy
+    from ccrl.agent.capture.ingest import ingest
+    from ccrl.agent.core.lock import LockBusy
 
     try:
         report = ingest()
@@ -87,8 +87,8 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Backfill traces from existing Claude Code transcripts (idempotent: twice = once)."""
-    from ccrl.agent.importer import import_transcripts
-    from ccrl.agent.lock import LockBusy
+    from ccrl.agent.capture.importer import import_transcripts
+    from ccrl.agent.core.lock import LockBusy
 
     try:
         report = import_transcripts(path)

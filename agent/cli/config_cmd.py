@@ -4,7 +4,7 @@ Sources, strongest first: the environment (``CCRL_KEY``, or ``CCRL_SECTION__KEY`
 section such as ``[agent]``), the TOML config file, the default. The provenance is computed with
 the same pydantic-settings sources ``Settings`` itself uses, so it cannot disagree with them.
 Secrets are masked in both outputs: URL passwords, and any setting whose name says it is a
-password, secret, token or key (``ccrl.agent.secrets_display``).
+password, secret, token or key (``ccrl.agent.core.secrets_display``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.text import Text
 from rich.table import Table
 
-from ccrl.agent.config import Settings, config_file
-from ccrl.agent.secrets_display import mask_setting
+from ccrl.agent.core.config import Settings, config_file
+from ccrl.agent.core.secrets_display import mask_setting
 
 app = typer.Typer(help="Show ccrl's configuration.", no_args_is_help=True)
 

@@ -1,5 +1,5 @@
 """``ccrl build-dataset``: captured traces → a new numbered dataset version (see
-``ccrl.agent.datasets``). ``datasets`` is imported only when the command runs."""
+``ccrl.agent.datasets.datasets``). ``datasets`` is imported only when the command runs."""
 
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ def build_dataset_cmd(
     and a dataset card, and records the version in the store. When the traces and settings give
     exactly the rows of the latest version, nothing new is written and that version is reported.
     """
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.datasets import DatasetBuildError, build_dataset
-    from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.datasets.datasets import DatasetBuildError, build_dataset
+    from ccrl.agent.training.trainer_lock import TrainerLockError, manual_trainer_lock
 
     settings = get_settings()
     try:

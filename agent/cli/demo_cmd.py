@@ -1,5 +1,5 @@
 """``ccrl demo``: the whole loop on the embedded default model, from the shipped sample sessions
-(``ccrl.agent.demo``), with a progress bar per step and an HTML report at the end.
+(``ccrl.agent.operations.demo``), with a progress bar per step and an HTML report at the end.
 
 In a terminal each step has a rich progress bar; otherwise (CI, a pipe) one line per step and
 per notice goes to stderr. ``--json`` prints the result on stdout. The exit status is non-zero
@@ -135,7 +135,7 @@ class PlainUI:
 
 
 def _summary(result: Any) -> None:
-    from ccrl.agent.demo_report import metric_rows
+    from ccrl.agent.operations.demo_report import metric_rows
 
     rows = metric_rows(result)
     if rows:
@@ -183,13 +183,13 @@ def demo_command(
 
     It works in a folder of its own and never touches your data or your cc-claude-agent model.
     """
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.demo import PROFILES, DemoError, default_demo_dir, run_demo
-    from ccrl.agent.lock import LockBusy
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.core.lock import LockBusy
+    from ccrl.agent.operations.demo import PROFILES, DemoError, default_demo_dir, run_demo
 
     if profile not in PROFILES:
         _fail(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}", code=2)
-    from ccrl.agent.logging_setup import configure_logging
+    from ccrl.agent.core.logging_setup import configure_logging
 
     # Warnings only, to the process's own stderr (never into --json's stdout, nor through the
     # progress bars): the gate's decision and the runs' numbers are in the report.

@@ -1,5 +1,5 @@
 """``ccrl doctor [--json]``: check the installation and say how to fix each problem
-(``ccrl.agent.doctor``). Exits 1 when something essential is broken (an ``error`` check)."""
+(``ccrl.agent.operations.doctor``). Exits 1 when something essential is broken (an ``error`` check)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def doctor_command(
 ) -> None:
     """Check Python, the extras, CUDA, disk space, the data directory, database and hook inbox,
     pending events, the hooks, the agent service and Ollama; say how to fix each problem."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.doctor import ERROR, run_checks, worst
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.operations.doctor import ERROR, run_checks, worst
 
     checks = run_checks(get_settings(), ollama=ollama_host)
     level = worst(checks)

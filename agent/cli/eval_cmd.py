@@ -3,12 +3,12 @@
 ``ccrl eval [--version N | --run ID] [--fold test|dev|all] [--json]`` measures the candidate (a model version, or a
 training run not exported yet; default: the newest version, else the newest finished run) on
 its dataset version's held-out split, together with the base model, the learn-nothing
-baselines and the deployed version, and applies the gate (``ccrl.agent.gate``). It prints a
+baselines and the deployed version, and applies the gate (``ccrl.agent.evaluation.gate``). It prints a
 table of every metric with its interval, the gate's verdict, and saves a plot of every metric
 across versions as PNG. The test fold is the default; the dev fold is for choosing settings.
 
 ``ccrl eval --sessions DIR [--max-decisions N] [--seed S]`` scores the candidate, its base and the
-baselines on transcripts the store has never seen (``ccrl.agent.eval_sessions``).
+baselines on transcripts the store has never seen (``ccrl.agent.evaluation.eval_sessions``).
 
 ``ccrl ab`` shows held-out prompts with two anonymised plans and records which one you take for
 Claude's; ``ccrl ab report`` shows how often people guess wrong, per version, with the
@@ -66,8 +66,8 @@ def _target(settings: Any, version: int | None, run: int | None) -> tuple[int | 
     """(model_version_id, training_run_id) of what to evaluate."""
     from sqlmodel import col, select
 
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import ModelVersion, TrainingRun
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import ModelVersion, TrainingRun
 
     with session_scope(settings) as session:
         if version is not None:
@@ -165,7 +165,7 @@ def _show_sessions(report: dict[str, Any]) -> None:
 
 def _eval_sessions(settings: Any, folder: str, version: int | None, run: int | None, json_out: bool,
                    **sizes: Any) -> None:
-    from ccrl.agent.eval_sessions import SessionsEvalError, evaluate_sessions
+    from ccrl.agent.evaluation.eval_sessions import SessionsEvalError, evaluate_sessions
 
     version_id, run_id = _target(settings, version, run)
     try:
@@ -206,10 +206,10 @@ def eval_command(
     """Evaluate a model on the held-out split against the base, the baselines and the deployed
     version, and apply the deployment gate (recorded on the version); or, with --sessions, on
     transcripts the store has never seen (no gate, nothing recorded)."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.eval_history import history, plot_history
-    from ccrl.agent.gate import GateError, evals_dir, evaluate_candidate
-    from ccrl.agent.lock import LockBusy, manual_command
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.core.lock import LockBusy, manual_command
+    from ccrl.agent.evaluation.eval_history import history, plot_history
+    from ccrl.agent.evaluation.gate import GateError, evals_dir, evaluate_candidate
 
     if version is not None and run is not None:
         _fail("give --version or --run, not both", 2)
@@ -218,7 +218,7 @@ def eval_command(
     if sessions is not None and fold is not None:
         _fail("--fold chooses held-out sessions of the dataset; --sessions reads other sessions: give one", 2)
     settings = get_settings()
-    from ccrl.agent.logging_setup import configure_logging
+    from ccrl.agent.core.logging_setup import configure_logging
 
     # The gate logs its decision: to stderr (the process's own), never into --json's stdout.
     configure_logging(settings.agent.log_level, stream=sys.__stderr__)
@@ -262,7 +262,7 @@ def ab_command(
     """Show held-out prompts with two plans in random order; record which you take for Claude's."""
     if ctx.invoked_subcommand is not None:
         return
-    from ccrl.agent.ab import ABError, ab_items, record_vote
+    from ccrl.agent.evaluation.ab import ABError, ab_items, record_vote
     from ccrl.trainers.ab import blind_pair
 
     try:
@@ -302,7 +302,7 @@ def ab_command(
 @ab_app.command("report")
 def ab_report_command(json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout.")) -> None:
     """Share of wrong guesses (with an interval), per version, and the automatic two-sample check."""
-    from ccrl.agent.ab import TARGET_WRONG_SHARE, ab_report
+    from ccrl.agent.evaluation.ab import TARGET_WRONG_SHARE, ab_report
 
     report = ab_report()
     if json_out:

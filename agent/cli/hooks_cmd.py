@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ccrl.agent import claude_settings
-from ccrl.agent.claude_settings import HOOK_EVENTS, SCOPES, SettingsFileError, settings_path
-from ccrl.agent.config import Settings, get_settings
+from ccrl.agent.capture import claude_settings
+from ccrl.agent.capture.claude_settings import HOOK_EVENTS, SCOPES, SettingsFileError, settings_path
+from ccrl.agent.core.config import Settings, get_settings
 
 app = typer.Typer(help="Install ccrl's capture hook into Claude Code settings.", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ def install(
     """Register ccrl's hook for every Claude Code event (idempotent; keeps all other settings)."""
     import sqlite3
 
-    from ccrl.agent.drain import ensure_local_stores
+    from ccrl.agent.capture.drain import ensure_local_stores
 
     settings = get_settings()
     path = settings_path(scope.value, project_dir)
@@ -204,7 +204,7 @@ def collect(project_dir: Path | None = PROJECT_DIR_OPTION, as_json: bool = JSON_
     """Move captured events that sit where the agent never reads them (another data directory,
     another runtime or temp spool folder; `ccrl doctor` lists them) into this data directory's
     spool, where the next ingest stores them."""
-    from ccrl.agent.stray_events import collect_stray_events
+    from ccrl.agent.capture.stray_events import collect_stray_events
 
     report = collect_stray_events(get_settings(), project_dir)
     if as_json:

@@ -1,9 +1,9 @@
 """``ccrl export``, ``ccrl deploy``, ``ccrl rollback`` and ``ccrl models list|show``.
 
 - ``export`` turns a finished training run (default: the newest) into a verified GGUF and a new
-  candidate model version (``ccrl.agent.versions.export_run``).
+  candidate model version (``ccrl.agent.release.versions.export_run``).
 - ``deploy`` registers a version with Ollama as ``cc-claude-agent:vN`` and points
-  ``cc-claude-agent:latest`` at it (``ccrl.agent.deploy``); ``--force --reason`` deploys a
+  ``cc-claude-agent:latest`` at it (``ccrl.agent.release.deploy``); ``--force --reason`` deploys a
   rejected version or one the evaluation gate refused, with the reason recorded.
 - ``rollback`` points ``latest`` back at the version deployed before the current one.
 
@@ -80,7 +80,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def _pipeline(what: str, wait: bool, home: Path) -> Iterator[None]:
-    from ccrl.agent.lock import LockBusy, manual_command
+    from ccrl.agent.core.lock import LockBusy, manual_command
 
     try:
         with manual_command(what, wait=wait, home=home):
@@ -110,8 +110,8 @@ def register(app_: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the new version as JSON on stdout."),
     ) -> None:
         """Export a trained model to a verified GGUF as a new candidate version."""
-        from ccrl.agent.config import get_settings
-        from ccrl.agent.versions import VersionError, export_run, version_json
+        from ccrl.agent.core.config import get_settings
+        from ccrl.agent.release.versions import VersionError, export_run, version_json
         from ccrl.trainers.export import ExportError
 
         settings = get_settings()
@@ -146,9 +146,9 @@ def register(app_: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the deployed version as JSON on stdout."),
     ) -> None:
         """Register a model version with Ollama and point cc-claude-agent:latest at it."""
-        from ccrl.agent.config import get_settings
-        from ccrl.agent.deploy import DeployError, deploy_version
-        from ccrl.agent.versions import MODEL_NAME, VersionError, version_json
+        from ccrl.agent.core.config import get_settings
+        from ccrl.agent.release.deploy import DeployError, deploy_version
+        from ccrl.agent.release.versions import MODEL_NAME, VersionError, version_json
 
         if force and not (reason or "").strip():
             _fail("--force needs --reason: say why this version is deployed anyway (it is recorded)", 2)
@@ -175,9 +175,9 @@ def register(app_: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the restored version as JSON on stdout."),
     ) -> None:
         """Point cc-claude-agent:latest back at the previously deployed version."""
-        from ccrl.agent.config import get_settings
-        from ccrl.agent.deploy import DeployError, rollback
-        from ccrl.agent.versions import MODEL_NAME, VersionError, version_json
+        from ccrl.agent.core.config import get_settings
+        from ccrl.agent.release.deploy import DeployError, rollback
+        from ccrl.agent.release.versions import MODEL_NAME, VersionError, version_json
 
         settings = get_settings()
         try:
@@ -197,9 +197,9 @@ def register(app_: typer.Typer) -> None:
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
     """Every model version, with its status and file."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.versions import list_versions, rollback_target, version_json
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import list_versions, rollback_target, version_json
+    from ccrl.agent.store.db import session_scope
 
     with session_scope(get_settings()) as session:
         versions = list_versions(session)
@@ -239,9 +239,9 @@ def show_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the version as JSON."),
 ) -> None:
     """One model version: where it came from, its file, its verification and its history."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.versions import VersionError, get_version, history, version_json
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.release.versions import VersionError, get_version, history, version_json
+    from ccrl.agent.store.db import session_scope
 
     try:
         with session_scope(get_settings()) as session:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccrl.agent.cli.admin import _err, _fail, _out, _print_json
-from ccrl.agent.config import get_settings
+from ccrl.agent.core.config import get_settings
 
 _LABELS = {
     "sessions": "sessions",
@@ -33,7 +33,7 @@ def _target(session: str | None, project: str | None, before: str | None, everyt
             derived: bool) -> Any:
     """The captured data to purge; None for ``--derived`` alone (only what was built from data
     purged earlier)."""
-    from ccrl.agent.purge import PurgeError, PurgeTarget, parse_before
+    from ccrl.agent.operations.purge import PurgeError, PurgeTarget, parse_before
 
     chosen = [flag for flag, value in (("--session", session), ("--project", project),
                                        ("--before", before), ("--all", everything)) if value]
@@ -97,7 +97,7 @@ def _derived_json(found: Any, removal: Any, command: str | None) -> dict[str, An
 
 
 def _print_derived(found: Any, removal: Any, command: str | None) -> None:
-    from ccrl.agent.purge_derived import unreadable_note
+    from ccrl.agent.operations.purge_derived import unreadable_note
 
     lines = _derived_lines(found)
     if removal is not None:
@@ -128,21 +128,21 @@ def _print_derived(found: Any, removal: Any, command: str | None) -> None:
 
 def _everything(settings: Any, target: Any) -> bool:
     """A local store purged whole: every dataset version held its data, readable or not."""
-    from ccrl.agent.forward import is_remote
+    from ccrl.agent.store.remote import is_remote
 
     return target is not None and target.mode == "all" and not is_remote(settings)
 
 
 def _find(settings: Any, plan: Any, target: Any) -> Any:
     """What holds purged data now; with ``plan`` (not carried out yet) as if it had been."""
-    from ccrl.agent.purge_derived import find_derived, purged_data
+    from ccrl.agent.operations.purge_derived import find_derived, purged_data
 
     purged = purged_data(settings, plan.session_ids, plan.trace_ids) if plan is not None else purged_data(settings)
     return find_derived(settings, purged, everything=_everything(settings, target))
 
 
 def _report(target: Any, plan: Any, result: Any, found: Any, removal: Any, *, dry_run: bool, as_json: bool) -> None:
-    from ccrl.agent.purge_derived import DERIVED_COMMAND
+    from ccrl.agent.operations.purge_derived import DERIVED_COMMAND
 
     command = DERIVED_COMMAND if removal is None and not found.empty else None
     if as_json:
@@ -198,9 +198,9 @@ def purge(
     purged data (datasets, models, Ollama tags) and removes it with --derived."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ccrl.agent.deploy import DeployError
-    from ccrl.agent.purge import PurgeError, execute_purge, plan_purge
-    from ccrl.agent.purge_derived import DerivedError, remove_derived
+    from ccrl.agent.operations.purge import PurgeError, execute_purge, plan_purge
+    from ccrl.agent.operations.purge_derived import DerivedError, remove_derived
+    from ccrl.agent.release.deploy import DeployError
 
     target = _target(session, project, before, everything, derived)
     settings = get_settings()

@@ -79,9 +79,9 @@ def history(limit: int | None = None) -> dict[str, Any]:
     """Every cycle (newest first) and every run, as JSON."""
     from sqlmodel import select
 
-    from ccrl.agent.cycle import cycle_json
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import Cycle, DatasetVersion, ModelVersion, TrainingRun
+    from ccrl.agent.daemon.cycle import cycle_json
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import Cycle, DatasetVersion, ModelVersion, TrainingRun
 
     with session_scope() as session:
         cycles = list(session.exec(select(Cycle).order_by(Cycle.number.desc())))  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ccrl.agent import service
+from ccrl.agent.daemon import service
 
 app = typer.Typer(help="Run the agent as a systemd user service (ccrl-agent.service).", no_args_is_help=True)
 

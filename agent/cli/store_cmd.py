@@ -30,9 +30,9 @@ def copy(
     target has (by the identities forwarding uses) are skipped, so running it twice, or again
     after an interruption, copies only what is missing. Rows without an origin are stamped with
     this member and machine. Datasets, training runs, models and cycles are not copied."""
-    from ccrl.agent.config import get_settings
-    from ccrl.agent.status import mask_url
-    from ccrl.agent.store_copy import StoreCopyError, copy_store, local_store_url
+    from ccrl.agent.core.config import get_settings
+    from ccrl.agent.core.secrets_display import mask_url
+    from ccrl.agent.operations.store_copy import StoreCopyError, copy_store, local_store_url
 
     err = Console(stderr=True)
     settings = get_settings()

@@ -1,6 +1,6 @@
 """``ccrl traces list|show``: look at captured traces.
 
-``show --json`` prints ``ccrl.agent.records.trace_json`` exactly: that is the stable interface
+``show --json`` prints ``ccrl.agent.store.records.trace_json`` exactly: that is the stable interface
 tools and tests read. ``list --json`` rows have stable keys too (see ``list_rows``).
 """
 
@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ccrl.agent.config import get_settings
+from ccrl.agent.core.config import get_settings
 
 app = typer.Typer(help="Look at captured traces.", no_args_is_help=True)
 
@@ -64,8 +64,8 @@ def list_rows(limit: int, session: str | None) -> list[dict[str, Any]]:
     tool_calls, tool_errors, prompt_excerpt``. One query; prompts are cut in the database."""
     from sqlalchemy import Integer, cast, func, select
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import ToolCall, Trace
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import ToolCall, Trace
 
     calls = (
         select(
@@ -157,9 +157,9 @@ def load_trace(trace_id: int) -> dict[str, Any] | None:
     from sqlmodel import Session as DBSession
     from sqlmodel import select
 
-    from ccrl.agent.db import get_engine
-    from ccrl.agent.models import ToolCall, Trace
-    from ccrl.agent.records import trace_json
+    from ccrl.agent.store.db import get_engine
+    from ccrl.agent.store.models import ToolCall, Trace
+    from ccrl.agent.store.records import trace_json
 
     with DBSession(get_engine(get_settings())) as db:
         trace = db.get(Trace, trace_id)

@@ -1,6 +1,6 @@
 """``ccrl train --phase sft [--from-base] [--quant auto|4bit|none] [--max-steps N] [--json]``;
 ``ccrl train --phase rl [--episodes N] [--num-generations G] [--algorithm grpo|rloo]`` (``--phase
-ppo`` is the same: the RL phase runs GRPO, see ``ccrl.agent.rl_training``).
+ppo`` is the same: the RL phase runs GRPO, see ``ccrl.agent.training.rl_training``).
 
 Trains on the newest dataset version (or ``--dataset-version``), records the run in the store,
 and says which model it starts from and why. In a terminal transformers' progress bar shows
@@ -143,10 +143,10 @@ def register(app: typer.Typer) -> None:
 
         Why not PPO: TRL 1.16, which ccrl trains with, has no PPO trainer (it was removed in 1.13), and GRPO needs no value network to train and hold in memory. --algorithm rloo selects RLOO instead.
         """
-        from ccrl.agent.config import get_settings
-        from ccrl.agent.lock import LockBusy, manual_command
-        from ccrl.agent.trainer_lock import TrainerLockError, manual_trainer_lock
-        from ccrl.agent.training import PHASES, TrainingError, run_json, run_training
+        from ccrl.agent.core.config import get_settings
+        from ccrl.agent.core.lock import LockBusy, manual_command
+        from ccrl.agent.training.trainer_lock import TrainerLockError, manual_trainer_lock
+        from ccrl.agent.training.training import PHASES, TrainingError, run_json, run_training
 
         if phase == "ppo":
             phase = "rl"  # the original design's name; the phase runs GRPO (see --help)
@@ -199,8 +199,8 @@ def register(app: typer.Typer) -> None:
 def _dataset_version_id(settings: Any, number: int) -> int:
     from sqlmodel import select
 
-    from ccrl.agent.db import session_scope
-    from ccrl.agent.models import DatasetVersion
+    from ccrl.agent.store.db import session_scope
+    from ccrl.agent.store.models import DatasetVersion
 
     with session_scope(settings) as session:
         version = session.exec(select(DatasetVersion).where(DatasetVersion.number == number)).first()

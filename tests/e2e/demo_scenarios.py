@@ -732,8 +732,8 @@ class Builder:
         self.rng = random.Random(seed)
         self.used_names: set[str] = set()
         self.package_cycle = 0
-        from ccrl.agent.dataset_config import DatasetSettings
-        from ccrl.agent.dataset_filters import PromptDeduper
+        from ccrl.agent.core.dataset_config import DatasetSettings
+        from ccrl.agent.datasets.dataset_filters import PromptDeduper
 
         self.dedupe = PromptDeduper(DatasetSettings())
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ccrl.agent import claude_settings
+from ccrl.agent.capture import claude_settings
 from ccrl.hooks import command as hook_commands
 
 from . import scenarios as sc

@@ -1,0 +1,1 @@
+"""Capture: hook events and transcripts into the store (drain, ingest, import, redaction, Claude settings)."""

@@ -1,0 +1,1 @@
+"""Core: settings, the lock files and logging every other part of the agent builds on."""

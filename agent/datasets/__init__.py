@@ -1,0 +1,1 @@
+"""Datasets: versioned train/eval splits built from stored traces."""

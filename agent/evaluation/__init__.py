@@ -1,0 +1,1 @@
+"""Evaluation: scoring candidates, the deployment gate, A/B reports and their history."""

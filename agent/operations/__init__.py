@@ -1,0 +1,1 @@
+"""Operations: status, doctor, the demo, purges and store copies."""

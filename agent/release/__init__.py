@@ -1,0 +1,1 @@
+"""Release: model versions (GGUF export) and their deployment to Ollama."""

@@ -1,0 +1,1 @@
+"""The store: SQLModel tables, schema migrations, the engine and sessions, row helpers."""
