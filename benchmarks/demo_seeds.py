@@ -30,11 +30,12 @@ def run_seed(folder: Path, seed: int) -> dict[str, Any]:
     """One whole demo in ``folder`` with ``seed``; the figures of its report."""
     env = {**os.environ, "CCRL_HOME": str(folder / "home"), "CCRL_CONFIG": str(folder / "home" / "config.toml")}
     env.pop("CCRL_DATABASE_URL", None)
+    report_path = folder / "demo" / "report" / "report.json"
+    report_path.unlink(missing_ok=True)  # a kept folder's last report must not stand in for this run's
     started = time.monotonic()
     done = subprocess.run([*CCRL, "demo", "--dir", str(folder / "demo"), "--seed", str(seed), "--json"],
                           env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
-    report_path = folder / "demo" / "report" / "report.json"
     if not report_path.is_file():
         raise SystemExit(f"ccrl demo --seed {seed} wrote no report (exit {done.returncode}):\n{done.stderr[-4000:]}")
     report = json.loads(report_path.read_text())

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p = h["paired_rl_minus_start"]
     print(f"held-out greedy reward on {h['prompts']} prompts ({h['sessions']} sessions): start {h['start']:.3f}, "
           f"RL {h['rl']:.3f}, paired {p['diff']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] ({p['method']}); "
-          f"fixed plan {h['fixed_plan']:.3f}")
+          f"fixed plan {'-' if h['fixed_plan'] is None else format(h['fixed_plan'], '.3f')}")
     return 0
 
 
